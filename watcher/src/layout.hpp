@@ -1,0 +1,102 @@
+#pragma once
+// Checkpoint layouts: how each trainer's checkpoints look on disk and when
+// they are complete. Pure logic: a layout sees a candidate only through a
+// `candidate_view`, which the engine fills from disk and tests fill by hand.
+
+#include <ckptd/store.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ckptd::watcher {
+
+// One file or folder inside a candidate folder.
+struct file_info {
+  std::string rel;  // path relative to the candidate, '/'-separated: "adapter/adapter.pth"
+  bool is_dir = false;
+  std::uint64_t size = 0;
+  std::int64_t mtime_ns = 0;  // ns since the Unix epoch
+};
+
+// A read-only look at one candidate: a folder (or, for file layouts, a file).
+class candidate_view {
+ public:
+  virtual ~candidate_view() = default;
+  // The candidate's own name (last path component), e.g. "checkpoint-400".
+  virtual std::string_view name() const = 0;
+  virtual bool is_dir() const = 0;
+  // For a folder: everything inside it, up to a few levels deep, sorted by rel.
+  // For a file: one entry with rel "" describing the file itself.
+  virtual const std::vector<file_info>& files() const = 0;
+  // Up to `length` bytes from `offset` of the file at `rel` ("" for the
+  // candidate file itself). Fewer bytes when the file is shorter; nullopt when
+  // it is missing or unreadable. Files are opened briefly and never held.
+  virtual std::optional<std::string> read(std::string_view rel, std::uint64_t offset,
+                                          std::uint64_t length) const = 0;
+};
+
+enum class state {
+  incomplete,  // not (yet) a usable checkpoint
+  settling,    // complete once nothing under it changes for the settle time
+  complete,    // its trainer considers it complete
+};
+
+struct recognition {
+  state verdict = state::incomplete;
+  std::string identifier;  // empty: the candidate's name
+  std::int64_t epoch = 0;
+  std::int64_t step = -1;
+  std::optional<store::training_metrics> metrics;
+  std::int64_t completed_at_ns = 0;  // from the disk: mtime of the completing file
+  std::string fingerprint;          // changes when the checkpoint is rewritten in place
+  std::string problem;              // why incomplete or why metrics are missing, for the log; empty if nothing is wrong
+};
+
+class layout {
+ public:
+  virtual ~layout() = default;
+  virtual std::string_view name() const = 0;
+  // When several layouts claim one candidate, the highest specificity wins
+  // (see choose_layout in layouts.cpp for the rule).
+  virtual int specificity() const = 0;
+  // Does this layout claim a folder (or file) of this name, without looking inside?
+  virtual bool claims_name(std::string_view name, bool is_dir) const = 0;
+  // A file whose presence directly inside a folder makes the folder this
+  // layout's candidate, whatever its name (ckptd's manifest). Empty if none.
+  virtual std::string_view marker_file() const { return {}; }
+  // Judges a claimed candidate from what is on disk.
+  virtual recognition recognise(const candidate_view& c) const = 0;
+};
+
+// Every layout ckptd knows.
+const std::vector<const layout*>& all_layouts();
+
+// Staging and temporary names that are never checkpoints, nor searched:
+// "tmp-checkpoint-*", "*.orbax-checkpoint-tmp*", ".nfs*", "*-unfinished", ...
+bool is_staging_name(std::string_view name);
+
+// The layout that owns a candidate of this name whose folder directly holds
+// `direct_children` (names), or nullptr when none claims it.
+const layout* choose_layout(std::string_view name, bool is_dir,
+                            const std::vector<std::string>& direct_children);
+
+// ckptd's own manifest file name.
+inline constexpr std::string_view manifest_file = "ckptd-checkpoint.json";
+
+}  // namespace ckptd::watcher
+
+namespace ckptd::watcher {
+
+// A candidate_view of a folder or file on disk. Lists the folder (lstat, no
+// symlinks followed) up to `max_depth` levels and reads files on demand,
+// opening each only for the read. nullptr when the path is gone or is not a
+// folder or regular file.
+std::unique_ptr<candidate_view> view_from_disk(const std::filesystem::path& path,
+                                               int max_depth = 3);
+
+}  // namespace ckptd::watcher
