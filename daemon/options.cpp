@@ -1,1 +1,193 @@
-// placeholder
+#include "options.hpp"
+
+#include <boost/program_options.hpp>
+
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+
+namespace ckptd::daemon {
+namespace {
+
+namespace po = boost::program_options;
+
+constexpr int max_depth_limit = 32;
+
+po::options_description describe() {
+  po::options_description d("Options (each is also a key of the --config file)");
+  // clang-format off
+  d.add_options()
+    ("help,h", "print this help and exit")
+    ("version", "print the version and exit")
+    ("config", po::value<std::string>()->value_name("FILE"),
+     "read options from an INI file with the same names; the command line wins")
+    ("watch", po::value<std::vector<std::string>>()->value_name("DIR"),
+     "every immediate subfolder of DIR is a job named after it (repeatable)")
+    ("job", po::value<std::vector<std::string>>()->value_name("UUID=DIR"),
+     "DIR holds the checkpoints of job UUID directly (repeatable)")
+    ("db", po::value<std::string>()->value_name("DIR"),
+     "folder of the RocksDB index (default: $STATE_DIRECTORY, else /var/lib/ckptd)")
+    ("listen", po::value<std::string>()->value_name("HOST:PORT")->default_value("127.0.0.1:8321"),
+     "address to serve HTTP on; port 0 picks a free port")
+    ("max-depth", po::value<int>()->value_name("N")->default_value(4),
+     "folder levels below a job folder searched for checkpoints")
+    ("settle-time", po::value<double>()->value_name("SECONDS")->default_value(3),
+     "quiet time after which a checkpoint without a completion marker is complete")
+    ("rescan-interval", po::value<double>()->value_name("SECONDS")->default_value(30),
+     "how often folders inotify cannot watch are rescanned")
+    ("rate-limit", po::value<double>()->value_name("N")->default_value(20),
+     "requests per second allowed per client address (0: unlimited)")
+    ("rate-burst", po::value<double>()->value_name("N")->default_value(40),
+     "requests a client address may send at once")
+    ("log-level", po::value<std::string>()->value_name("LEVEL")->default_value("info"),
+     "error, warning, notice, info or debug")
+    ("demo", po::value<std::string>()->value_name("DIR"),
+     "run a simulated training job in DIR, watch it and keep the index in DIR/db");
+  // clang-format on
+  return d;
+}
+
+bool parse_listen(const std::string& text, settings& out, std::string& why) {
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    why = "expected HOST:PORT";
+    return false;
+  }
+  std::string host = text.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  const std::string port = text.substr(colon + 1);
+  char* end = nullptr;
+  long value = std::strtol(port.c_str(), &end, 10);
+  if (port.empty() || *end != '\0' || value < 0 || value > 65535) {
+    why = "port must be a number from 0 to 65535";
+    return false;
+  }
+  out.listen_host = host;
+  out.listen_port = static_cast<std::uint16_t>(value);
+  return true;
+}
+
+bool parse_job(const std::string& text, settings& out, std::string& why) {
+  auto eq = text.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == text.size()) {
+    why = "expected UUID=DIR";
+    return false;
+  }
+  std::string uuid = text.substr(0, eq);
+  if (uuid.find('/') != std::string::npos || uuid.size() > 256) {
+    why = "a job UUID has no '/' and at most 256 bytes";
+    return false;
+  }
+  out.jobs.emplace_back(uuid, text.substr(eq + 1));
+  return true;
+}
+
+std::chrono::milliseconds seconds_option(double seconds) {
+  return std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000));
+}
+
+std::string default_db() {
+  // systemd's StateDirectory= may list several folders, separated by ':'.
+  if (const char* state = std::getenv("STATE_DIRECTORY"); state != nullptr && *state != '\0') {
+    std::string first(state);
+    return first.substr(0, first.find(':'));
+  }
+  return "/var/lib/ckptd";
+}
+
+// Checks values that program_options cannot; names the option at fault.
+bool interpret(const po::variables_map& vm, settings& out) {
+  std::string why;
+  auto fail = [&](const char* option, const std::string& value) {
+    std::cerr << "ckptd: invalid --" << option << " '" << value << "': " << why << "\n";
+    return false;
+  };
+  if (vm.count("watch")) out.watch = vm["watch"].as<std::vector<std::string>>();
+  if (vm.count("job")) {
+    for (const auto& j : vm["job"].as<std::vector<std::string>>()) {
+      if (!parse_job(j, out, why)) return fail("job", j);
+    }
+  }
+  const auto listen = vm["listen"].as<std::string>();
+  if (!parse_listen(listen, out, why)) return fail("listen", listen);
+
+  out.max_depth = vm["max-depth"].as<int>();
+  if (out.max_depth < 1 || out.max_depth > max_depth_limit) {
+    why = "must be from 1 to " + std::to_string(max_depth_limit);
+    return fail("max-depth", std::to_string(out.max_depth));
+  }
+  const double settle = vm["settle-time"].as<double>();
+  if (!(settle >= 0 && settle <= 3600)) {
+    why = "must be from 0 to 3600 seconds";
+    return fail("settle-time", std::to_string(settle));
+  }
+  out.settle_time = seconds_option(settle);
+  const double rescan = vm["rescan-interval"].as<double>();
+  if (!(rescan >= 0.1 && rescan <= 86400)) {
+    why = "must be from 0.1 to 86400 seconds";
+    return fail("rescan-interval", std::to_string(rescan));
+  }
+  out.rescan_interval = seconds_option(rescan);
+  out.rate_limit = vm["rate-limit"].as<double>();
+  out.rate_burst = vm["rate-burst"].as<double>();
+  if (!(out.rate_limit >= 0 && out.rate_limit <= 1e9)) {
+    why = "must be from 0 (unlimited) to 1e9";
+    return fail("rate-limit", std::to_string(out.rate_limit));
+  }
+  if (!(out.rate_burst >= 1 && out.rate_burst <= 1e9)) {
+    why = "must be from 1 to 1e9";
+    return fail("rate-burst", std::to_string(out.rate_burst));
+  }
+  const auto level = vm["log-level"].as<std::string>();
+  if (!log::parse_level(level, out.log_level)) {
+    why = "expected error, warning, notice, info or debug";
+    return fail("log-level", level);
+  }
+  out.db = vm.count("db") ? vm["db"].as<std::string>() : default_db();
+  if (vm.count("demo")) out.demo_dir = vm["demo"].as<std::string>();
+  if (out.watch.empty() && out.jobs.empty() && !out.demo_dir) {
+    std::cerr << "ckptd: nothing to watch: give --watch DIR, --job UUID=DIR or --demo DIR"
+                 " (see --help)\n";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+outcome parse(int argc, char** argv, settings& out) {
+  const auto description = describe();
+  po::variables_map vm;
+  try {
+    po::store(po::parse_command_line(argc, argv, description), vm);
+    if (vm.count("help")) {
+      std::cout << "Usage: ckptd [OPTIONS]\n"
+                   "Indexes the checkpoints that training jobs write and serves them as\n"
+                   "llama-stack's GET /v1/post-training/job/artifacts.\n\n"
+                << description << "\n";
+      return outcome::exit_success;
+    }
+    if (vm.count("version")) {
+      std::cout << "ckptd " << CKPTD_VERSION << "\n";
+      return outcome::exit_success;
+    }
+    if (vm.count("config")) {
+      const auto path = vm["config"].as<std::string>();
+      std::ifstream file(path);
+      if (!file) {
+        std::cerr << "ckptd: cannot read config file " << path << "\n";
+        return outcome::exit_failure;
+      }
+      // Stored after the command line, so options given there win.
+      po::store(po::parse_config_file(file, description, /*allow_unregistered=*/false), vm);
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "ckptd: " << e.what() << " (see --help)\n";
+    return outcome::exit_failure;
+  }
+  return interpret(vm, out) ? outcome::run : outcome::exit_failure;
+}
+
+}  // namespace ckptd::daemon

@@ -1,3 +1,339 @@
+// Black-box tests: the real ckptd binary, a temporary training folder written
+// in the order each trainer writes it, and HTTP over 127.0.0.1.
+
+#include "support/daemon_process.hpp"
+#include "support/fixtures.hpp"
+#include "support/http_client.hpp"
+
+#include <boost/json.hpp>
 #include <boost/test/unit_test.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <thread>
+
+namespace json = boost::json;
+using namespace ckptd::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string artifacts_target(const std::string& job) {
+  return "/v1/post-training/job/artifacts?job_uuid=" + job;
+}
+
+// The job's checkpoints as the API shows them; an empty array for 404.
+json::array checkpoints_of(std::uint16_t port, const std::string& job) {
+  auto res = get(port, artifacts_target(job));
+  if (res.status != 200) return {};
+  return json::parse(res.body).as_object().at("checkpoints").as_array();
+}
+
+std::vector<std::string> identifiers(const json::array& checkpoints) {
+  std::vector<std::string> out;
+  for (auto& c : checkpoints) out.emplace_back(c.as_object().at("identifier").as_string());
+  return out;
+}
+
+bool ready(std::uint16_t port) { return get(port, "/readyz").status == 200; }
+
+// A daemon watching `root` with a private index, started and ready.
+struct watched_daemon {
+  watched_daemon(const temp_dir& dir, std::vector<std::string> extra = {})
+      : process([&] {
+          std::vector<std::string> args{
+              "--watch", (dir / "runs").string(), "--db", (dir / "db").string(), "--settle-time",
+              "0.5",     "--log-level",           "debug"};
+          args.insert(args.end(), extra.begin(), extra.end());
+          return args;
+        }()) {
+    BOOST_REQUIRE_MESSAGE(eventually([&] { return ready(process.port()); }), process.log());
+  }
+  std::uint16_t port() const { return process.port(); }
+  daemon_process process;
+};
+
+void check_error_body(const http_response& res, int status, const std::string& title) {
+  BOOST_TEST(res.status == status);
+  BOOST_TEST(res.header("content-type") == "application/json");
+  auto body = json::parse(res.body).as_object();
+  BOOST_TEST(body.size() == 3u);
+  BOOST_TEST(body.at("status").as_int64() == status);
+  BOOST_TEST(body.at("title").as_string() == title);
+  BOOST_TEST(!body.at("detail").as_string().empty());
+}
+
+}  // namespace
+
 BOOST_AUTO_TEST_SUITE(daemon_tests)
+
+BOOST_AUTO_TEST_CASE(serves_health_and_errors_with_the_spec_bodies) {
+  temp_dir dir;
+  std::filesystem::create_directories(dir / "runs" / "job-a");
+  watched_daemon d(dir);
+  const auto port = d.port();
+
+  BOOST_TEST(get(port, "/healthz").status == 200);
+  auto ok = get(port, artifacts_target("job-a"));
+  BOOST_TEST(ok.status == 200);
+  BOOST_TEST(ok.header("content-type") == "application/json");
+  BOOST_TEST(ok.body == R"({"job_uuid":"job-a","checkpoints":[]})");
+
+  check_error_body(get(port, artifacts_target("nope")), 404, "Not Found");
+  check_error_body(get(port, "/v1/post-training/job/artifacts"), 400, "Bad Request");
+  check_error_body(get(port, artifacts_target("")), 400, "Bad Request");
+  check_error_body(get(port, artifacts_target("a&job_uuid=b")), 400, "Bad Request");
+  check_error_body(get(port, artifacts_target("%zz")), 400, "Bad Request");
+  check_error_body(get(port, artifacts_target("a%00b")), 400, "Bad Request");
+  check_error_body(get(port, artifacts_target(std::string(300, 'x'))), 400, "Bad Request");
+
+  auto post = request(port, "POST", artifacts_target("job-a"), {}, "{}");
+  check_error_body(post, 405, "Method Not Allowed");
+  BOOST_TEST(post.header("allow").find("GET") != std::string::npos);
+
+  // Percent-encoding and '+' decode to the folder's real name.
+  std::filesystem::create_directories(dir / "runs" / "job b+c");
+  BOOST_TEST(eventually([&] { return get(port, artifacts_target("job%20b%2Bc")).status == 200; }));
+  BOOST_TEST(get(port, artifacts_target("job+b%2Bc")).status == 200);
+
+  BOOST_TEST(d.process.stop() == 0);
+}
+
+BOOST_AUTO_TEST_CASE(rate_limit_answers_429_with_retry_after) {
+  temp_dir dir;
+  std::filesystem::create_directories(dir / "runs" / "job-a");
+  watched_daemon d(dir, {"--rate-limit", "1", "--rate-burst", "5"});
+  http_connection c(d.port());
+  int limited = 0;
+  http_response last;
+  for (int i = 0; i < 20; ++i) {
+    auto res = c.request("GET", artifacts_target("job-a"));
+    if (res.status == 429) {
+      ++limited;
+      last = res;
+    }
+  }
+  BOOST_TEST(limited >= 10);
+  BOOST_TEST(
+      last.body ==
+      R"({"status":429,"title":"Too Many Requests","detail":"You have exceeded the rate limit. Please try again later."})");
+  BOOST_TEST(last.header("content-type") == "application/json");
+  BOOST_TEST(std::stoi(last.header("retry-after")) >= 1);
+  BOOST_TEST(std::stoi(last.header("retry-after-ms")) >= 1);
+  BOOST_TEST(d.process.stop() == 0);
+}
+
+// The issue's "done when": a 3-epoch Hugging Face run with evaluation and
+// save_total_limit=2 shows exactly the surviving checkpoints, with correct
+// metrics, during and after the run, and after a restart.
+BOOST_AUTO_TEST_CASE(hugging_face_run_with_rotation_during_after_and_across_restart) {
+  temp_dir dir;
+  const auto job_dir = dir / "runs" / "hf-job";
+  std::filesystem::create_directories(job_dir);
+  hf_run run(
+      job_dir,
+      {.steps_per_epoch = 40, .save_total_limit = 2, .with_eval = true, .logging_steps = 10});
+  std::map<std::string, std::string> created_at;  // identifier -> created_at
+  {
+    watched_daemon d(dir);
+    const auto port = d.port();
+    for (std::int64_t step = 20; step <= 120; step += 20) {
+      run.begin_save(step);
+      // Everything but trainer_state.json is on disk: not a checkpoint yet.
+      std::this_thread::sleep_for(100ms);
+      auto before = identifiers(checkpoints_of(port, "hf-job"));
+      BOOST_TEST(std::count(before.begin(), before.end(), "checkpoint-" + std::to_string(step)) ==
+                 0);
+      run.write_truncated_trainer_state(37);
+      std::this_thread::sleep_for(100ms);
+      before = identifiers(checkpoints_of(port, "hf-job"));
+      BOOST_TEST(std::count(before.begin(), before.end(), "checkpoint-" + std::to_string(step)) ==
+                 0);
+
+      run.finish_save();
+      std::vector<std::string> expected;
+      const auto& saved = run.saved_steps();
+      for (std::size_t i = saved.size() > 2 ? saved.size() - 2 : 0; i < saved.size(); ++i)
+        expected.push_back("checkpoint-" + std::to_string(saved[i]));
+      BOOST_TEST_REQUIRE(
+          eventually([&] { return identifiers(checkpoints_of(port, "hf-job")) == expected; }, 5s),
+          "after saving step " << step);
+    }
+    auto final_list = checkpoints_of(port, "hf-job");
+    BOOST_TEST_REQUIRE(final_list.size() == 2u);
+    for (auto& value : final_list) {
+      auto& c = value.as_object();
+      const std::string id(c.at("identifier").as_string());
+      const std::int64_t step = std::stoll(id.substr(id.find('-') + 1));
+      auto expect = run.expected_metrics_at(step);
+      BOOST_TEST_REQUIRE(expect.has_value());
+      BOOST_TEST(c.at("epoch").as_int64() == expect->epoch);
+      BOOST_TEST(c.at("post_training_job_id").as_string() == "hf-job");
+      BOOST_TEST(std::string(c.at("path").as_string()) ==
+                 std::filesystem::canonical(run.checkpoint_dir(step)).string());
+      auto& m = c.at("training_metrics").as_object();
+      BOOST_TEST(m.size() == 4u);
+      BOOST_TEST(m.at("epoch").as_int64() == expect->epoch);
+      BOOST_TEST(m.at("train_loss").to_number<double>() == expect->train_loss,
+                 boost::test_tools::tolerance(1e-9));
+      BOOST_TEST(m.at("validation_loss").to_number<double>() == expect->validation_loss,
+                 boost::test_tools::tolerance(1e-9));
+      BOOST_TEST(m.at("perplexity").to_number<double>() == expect->perplexity,
+                 boost::test_tools::tolerance(1e-9));
+      BOOST_TEST(c.size() == 6u);
+      created_at[id] = std::string(c.at("created_at").as_string());
+    }
+    BOOST_TEST(d.process.stop() == 0);
+  }
+  {
+    // A restart serves the same checkpoints with the same created_at.
+    watched_daemon d(dir);
+    auto list = checkpoints_of(d.port(), "hf-job");
+    BOOST_TEST(list.size() == 2u);
+    for (auto& value : list) {
+      auto& c = value.as_object();
+      BOOST_TEST(created_at[std::string(c.at("identifier").as_string())] ==
+                 std::string(c.at("created_at").as_string()));
+    }
+    BOOST_TEST(d.process.stop() == 0);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(restart_reconciles_changes_made_while_down) {
+  temp_dir dir;
+  const auto job_dir = dir / "runs" / "job";
+  std::filesystem::create_directories(job_dir);
+  hf_run run(job_dir, {.steps_per_epoch = 10});
+  run.save(10);
+  run.save(20);
+  std::string created_20;
+  {
+    watched_daemon d(dir);
+    BOOST_TEST_REQUIRE(eventually([&] { return checkpoints_of(d.port(), "job").size() == 2u; }));
+    created_20 =
+        std::string(checkpoints_of(d.port(), "job")[1].as_object().at("created_at").as_string());
+    BOOST_TEST(d.process.stop() == 0);
+  }
+  // While ckptd is down: one checkpoint deleted, one added, a new job, a job gone.
+  remove_tree(run.checkpoint_dir(10));
+  run.save(30);
+  std::filesystem::create_directories(dir / "runs" / "other");
+  {
+    watched_daemon d(dir);
+    auto ids = identifiers(checkpoints_of(d.port(), "job"));
+    BOOST_TEST(ids == (std::vector<std::string>{"checkpoint-20", "checkpoint-30"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(
+        std::string(checkpoints_of(d.port(), "job")[0].as_object().at("created_at").as_string()) ==
+        created_20);
+    BOOST_TEST(get(d.port(), artifacts_target("other")).status == 200);
+    BOOST_TEST(d.process.stop() == 0);
+  }
+  remove_tree(dir / "runs" / "other");
+  {
+    watched_daemon d(dir);
+    BOOST_TEST(get(d.port(), artifacts_target("other")).status == 404);
+    BOOST_TEST(d.process.stop() == 0);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(kill_9_loses_nothing) {
+  temp_dir dir;
+  const auto job_dir = dir / "runs" / "job";
+  std::filesystem::create_directories(job_dir);
+  hf_run run(job_dir, {.steps_per_epoch = 10});
+  std::vector<std::string> created;
+  {
+    watched_daemon d(dir);
+    for (std::int64_t step = 10; step <= 30; step += 10) run.save(step);
+    BOOST_TEST_REQUIRE(eventually([&] { return checkpoints_of(d.port(), "job").size() == 3u; }));
+    for (auto& c : checkpoints_of(d.port(), "job"))
+      created.emplace_back(c.as_object().at("created_at").as_string());
+    d.process.kill9();
+  }
+  watched_daemon d(dir);
+  auto list = checkpoints_of(d.port(), "job");
+  BOOST_TEST_REQUIRE(list.size() == 3u);
+  for (std::size_t i = 0; i < list.size(); ++i)
+    BOOST_TEST(std::string(list[i].as_object().at("created_at").as_string()) == created[i]);
+  BOOST_TEST(d.process.stop() == 0);
+}
+
+BOOST_AUTO_TEST_CASE(torchtune_folder_counts_only_with_weights_and_after_quiet_time) {
+  temp_dir dir;
+  const auto root = dir / "tt";
+  std::filesystem::create_directories(root);
+  daemon_process d(
+      {"--job", "tt-job=" + root.string(), "--db", (dir / "db").string(), "--settle-time", "0.5"});
+  BOOST_TEST_REQUIRE(eventually([&] { return ready(d.port()); }));
+  torchtune_run run(root);
+  run.begin_epoch("Llama3.2-3B-Instruct", 0);
+  // The folder with only its log/ is not a checkpoint, however long it waits.
+  std::this_thread::sleep_for(1200ms);
+  BOOST_TEST(checkpoints_of(d.port(), "tt-job").empty());
+  run.finish_epoch();
+  BOOST_TEST_REQUIRE(
+      eventually([&] { return checkpoints_of(d.port(), "tt-job").size() == 1u; }, 5s));
+  auto c = checkpoints_of(d.port(), "tt-job")[0].as_object();
+  BOOST_TEST(c.at("identifier").as_string() == "Llama3.2-3B-Instruct-sft-0");
+  BOOST_TEST(c.at("epoch").as_int64() == 0);
+  BOOST_TEST(!c.contains("training_metrics"));
+  run.begin_epoch("Llama3.2-3B-Instruct", 1);
+  run.finish_epoch();
+  BOOST_TEST(eventually([&] { return checkpoints_of(d.port(), "tt-job").size() == 2u; }, 5s));
+  BOOST_TEST(d.stop() == 0);
+}
+
+BOOST_AUTO_TEST_CASE(manifest_staging_names_and_malformed_files) {
+  temp_dir dir;
+  const auto job_dir = dir / "runs" / "job";
+  std::filesystem::create_directories(job_dir);
+  watched_daemon d(dir);
+  const auto port = d.port();
+  write_manifest_checkpoint(
+      job_dir / "nested" / "final",
+      {.identifier = "final-model", .epoch = 3, .train_loss = 1.5, .validation_loss = 1.25});
+  BOOST_TEST_REQUIRE(eventually([&] { return checkpoints_of(port, "job").size() == 1u; }, 5s));
+  auto c = checkpoints_of(port, "job")[0].as_object();
+  BOOST_TEST(c.at("identifier").as_string() == "final-model");
+  BOOST_TEST(c.at("epoch").as_int64() == 3);
+  BOOST_TEST(
+      c.at("training_metrics").as_object().at("perplexity").to_number<double>() == std::exp(1.25),
+      boost::test_tools::tolerance(1e-9));
+
+  // Staging folders and malformed markers are never reported; the daemon keeps serving.
+  write_file(job_dir / "tmp-checkpoint-5" / "trainer_state.json", R"({"global_step": 5})");
+  write_manifest_checkpoint_raw(job_dir / "broken", "{ not json");
+  write_file(job_dir / "checkpoint-7" / "trainer_state.json",
+             R"({"global_step": 6, "epoch": 1.0})");
+  write_file(job_dir / "checkpoint-8" / "trainer_state.json", std::string("\xff\xfe garbage", 10));
+  std::filesystem::create_directories(job_dir / "loop");
+  std::filesystem::create_directory_symlink(job_dir / "loop", job_dir / "loop" / "again");
+  std::this_thread::sleep_for(500ms);
+  BOOST_TEST(identifiers(checkpoints_of(port, "job")) == std::vector<std::string>{"final-model"},
+             boost::test_tools::per_element());
+  BOOST_TEST(get(port, "/healthz").status == 200);
+
+  // Renaming a checkpoint folder re-reports it under its new name and path.
+  std::filesystem::rename(job_dir / "nested", job_dir / "moved");
+  BOOST_TEST(eventually(
+      [&] {
+        auto list = checkpoints_of(port, "job");
+        return list.size() == 1u &&
+               std::string(list[0].as_object().at("path").as_string()).find("/moved/final") !=
+                   std::string::npos;
+      },
+      5s));
+  BOOST_TEST(d.process.stop() == 0);
+}
+
+BOOST_AUTO_TEST_CASE(refuses_bad_options_with_a_clear_message) {
+  temp_dir dir;
+  // --job without '=' names the option at fault and exits non-zero.
+  BOOST_CHECK_THROW(daemon_process({"--job", "nodir", "--db", (dir / "db").string()}),
+                    std::runtime_error);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

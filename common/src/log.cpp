@@ -22,11 +22,16 @@ const bool journal = stderr_is_journal();
 
 std::string_view word(level l) {
   switch (l) {
-    case level::error: return "error";
-    case level::warning: return "warning";
-    case level::notice: return "notice";
-    case level::info: return "info";
-    case level::debug: return "debug";
+    case level::error:
+      return "error";
+    case level::warning:
+      return "warning";
+    case level::notice:
+      return "notice";
+    case level::info:
+      return "info";
+    case level::debug:
+      return "debug";
   }
   return "?";
 }

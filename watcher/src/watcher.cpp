@@ -1,1 +1,944 @@
-// placeholder
+// The watcher engine: inotify read through Asio, a tree of watched folders,
+// and the bookkeeping that turns file events into index changes.
+//
+// Shape of the work:
+//  - Every folder from a job folder down to `max_depth` levels (and a few
+//    levels inside each checkpoint) gets an inotify watch. A new folder is
+//    watched first and listed second, so files created before its watch
+//    existed are still seen.
+//  - A file event marks its *candidate* (the checkpoint folder or file it
+//    belongs to) dirty; after the kernel queue is drained each dirty
+//    candidate is judged once by its layout (layout.hpp) and the verdicts are
+//    written to the store, one write batch per job, before anyone is told.
+//  - Scans (start, rescans, new subtrees) go through a task queue that is
+//    pumped a bounded number of tasks at a time, so inotify events are
+//    handled between the steps of a large scan.
+
+#include <ckptd/log.hpp>
+#include <ckptd/watcher.hpp>
+
+#include "layout.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <map>
+#include <set>
+#include <system_error>
+#include <unordered_map>
+
+namespace ckptd::watcher {
+namespace {
+
+namespace net = boost::asio;
+using clock = std::chrono::steady_clock;
+
+// Tasks run per turn of the event loop before inotify gets its turn again.
+constexpr int tasks_per_turn = 64;
+// Folder levels watched inside a checkpoint folder (adapter/, weights/, ...).
+constexpr int candidate_inner_depth = 3;
+// Read buffer for inotify: room for many events with long names.
+constexpr std::size_t inotify_buffer_bytes = 256 * 1024;
+
+constexpr std::uint32_t dir_mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |
+                                   IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF |
+                                   IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK;
+constexpr std::uint32_t root_mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |
+                                    IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW;
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+bool is_dir_nofollow(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool exists_nofollow(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+// Is `path` equal to `dir` or inside it?
+bool within(std::string_view path, std::string_view dir) {
+  return path.size() >= dir.size() && path.compare(0, dir.size(), dir) == 0 &&
+         (path.size() == dir.size() || path[dir.size()] == '/');
+}
+
+std::string parent_of(const std::string& path) {
+  auto slash = path.rfind('/');
+  return slash == 0 ? std::string("/") : path.substr(0, slash);
+}
+
+std::string_view name_of(std::string_view path) {
+  auto slash = path.rfind('/');
+  return slash == std::string_view::npos ? path : path.substr(slash + 1);
+}
+
+struct dir_entry {
+  std::string name;
+  bool is_dir = false;
+};
+
+// Lists a folder without following symlinks. An unreadable or vanished folder
+// yields an empty list and, for the caller's log, its errno.
+std::vector<dir_entry> list_dir(const std::string& path, int& error) {
+  std::vector<dir_entry> out;
+  error = 0;
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    error = errno;
+    return out;
+  }
+  DIR* dir = ::fdopendir(fd);
+  if (dir == nullptr) {
+    error = errno;
+    ::close(fd);
+    return out;
+  }
+  while (dirent* e = ::readdir(dir)) {
+    std::string_view name = e->d_name;
+    if (name == "." || name == "..") continue;
+    bool is_dir = e->d_type == DT_DIR;
+    if (e->d_type == DT_UNKNOWN) {  // some filesystems (XFS without ftype, FUSE) say nothing
+      struct stat st {};
+      is_dir = ::fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+    }
+    out.push_back({std::string(name), is_dir});
+  }
+  ::closedir(dir);
+  return out;
+}
+
+std::uint64_t read_proc_number(const char* path) {
+  std::ifstream in(path);
+  std::uint64_t value = 0;
+  in >> value;
+  return value;
+}
+
+}  // namespace
+
+class watcher::impl {
+ public:
+  impl(net::io_context& ctx, options opts, store::index& index, callbacks cb)
+      : ctx_(ctx),
+        opts_(std::move(opts)),
+        index_(index),
+        cb_(std::move(cb)),
+        inotify_(ctx),
+        pump_scheduled_(false),
+        rescan_timer_(ctx),
+        buffer_(inotify_buffer_bytes) {}
+
+  void start() {
+    int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd < 0) throw std::system_error(errno, std::generic_category(), "inotify_init1");
+    inotify_.assign(fd);
+    max_watches_ = read_proc_number("/proc/sys/fs/inotify/max_user_watches");
+    log::info("inotify: up to ", max_watches_, " watches per user (fs.inotify.max_user_watches)");
+
+    load_known();
+    for (const auto& root : opts_.roots) add_root(resolve(root));
+    for (const auto& [uuid, dir] : opts_.jobs) add_job(uuid, resolve(dir), /*root=*/"");
+    drop_jobs_not_configured();
+    enqueue({task::reconciled, "", "", 0});
+    read_events();
+    arm_rescan_timer();
+    pump();
+  }
+
+  void stop() {
+    stopped_ = true;
+    boost::system::error_code ignored;
+    rescan_timer_.cancel();
+    for (auto& [path, s] : settling_) s.timer->cancel();
+    inotify_.close(ignored);
+  }
+
+ private:
+  // ---- state ---------------------------------------------------------------
+
+  struct watch_root {
+    std::string path;
+    int wd = -1;  // -1 while the root is missing or unwatchable
+  };
+
+  struct node {
+    std::string path;
+    std::string job;  // empty for a watch root
+    int depth = 0;    // 0 = the job folder itself
+  };
+
+  struct job_state {
+    std::string uuid;
+    std::string dir;
+    std::string root;                                // watch root it came from; empty for --job
+    std::map<std::string, store::checkpoint> known;  // by path, equal to the store
+    std::set<std::string> seen_in_scan;              // candidates judged during a reconcile
+    bool scanning = false;
+    bool incomplete_watch = false;  // some folder could not be watched
+  };
+
+  struct settle_state {
+    clock::time_point last_activity;
+    std::string size_signature;
+    std::unique_ptr<net::steady_timer> timer;
+  };
+
+  struct task {
+    enum kind_t { scan_job, scan_dir, evaluate, finish_job, reconciled } kind;
+    std::string job;
+    std::string path;
+    int depth = 0;
+  };
+
+  net::io_context& ctx_;
+  options opts_;
+  store::index& index_;
+  callbacks cb_;
+  net::posix::stream_descriptor inotify_;
+  bool pump_scheduled_;
+  net::steady_timer rescan_timer_;
+  std::vector<char> buffer_;
+  bool stopped_ = false;
+  bool reconciled_ = false;
+  std::uint64_t max_watches_ = 0;
+  bool watch_limit_logged_ = false;
+
+  std::vector<watch_root> roots_;
+  std::unordered_map<int, node> nodes_;    // wd -> node
+  std::map<std::string, int> wd_by_path_;  // path -> wd, ordered for subtree ranges
+  std::map<std::string, job_state> jobs_;  // uuid -> job
+  std::deque<task> tasks_;
+  std::set<std::pair<std::string, std::string>> dirty_;  // (job, candidate path)
+  std::map<std::string, store::job_change> pending_;     // job -> change not yet written
+  std::map<std::string, settle_state> settling_;         // candidate path -> quiet-time tracking
+
+  // ---- jobs and roots --------------------------------------------------------
+
+  // Loads what the store knows, so that reconcile can keep created_at and
+  // remove what is gone.
+  void load_known() {
+    auto jobs = index_.jobs();
+    if (!jobs) {
+      log::error("cannot read jobs from the index: ", jobs.error().message());
+      return;
+    }
+    for (auto& j : *jobs) {
+      auto& js = jobs_[j.uuid];
+      js.uuid = j.uuid;
+      js.dir = j.dir;
+      if (auto cps = index_.checkpoints(j.uuid)) {
+        for (auto& cp : *cps) js.known.emplace(cp.path, std::move(cp));
+      } else {
+        log::error("cannot read checkpoints of job ", j.uuid, ": ", cps.error().message());
+      }
+    }
+  }
+
+  // Configured folders are resolved once, at start: a root given through a
+  // symlink is watched where it points.
+  static std::string resolve(const std::filesystem::path& p) {
+    std::error_code ec;
+    auto resolved = std::filesystem::weakly_canonical(std::filesystem::absolute(p), ec);
+    return (ec ? std::filesystem::absolute(p).lexically_normal() : resolved).string();
+  }
+
+  void add_root(const std::string& root) {
+    watch_root r{root, -1};
+    roots_.push_back(r);
+    attach_root(roots_.size() - 1);
+  }
+
+  // Watches a root and adds every subfolder as a job. A missing root is
+  // retried by the rescan timer.
+  void attach_root(std::size_t i) {
+    auto& r = roots_[i];
+    int wd = ::inotify_add_watch(inotify_.native_handle(), r.path.c_str(), root_mask);
+    if (wd < 0) {
+      if (errno == ENOSPC) {
+        log_watch_limit();
+      } else {
+        log::warning("cannot watch ", r.path, ": ", std::strerror(errno), "; retrying every ",
+                     opts_.rescan_interval.count() / 1000, " s");
+        return;
+      }
+    } else {
+      r.wd = wd;
+      nodes_[wd] = node{r.path, "", -1};
+      wd_by_path_[r.path] = wd;
+    }
+    int error = 0;
+    for (auto& e : list_dir(r.path, error)) {
+      if (e.is_dir && is_job_name(e.name)) add_job(e.name, r.path + "/" + e.name, r.path);
+    }
+    if (error != 0) log::warning("cannot list ", r.path, ": ", std::strerror(error));
+  }
+
+  static bool is_job_name(std::string_view name) {
+    return !name.empty() && name.front() != '.' && !is_staging_name(name);
+  }
+
+  // Makes `uuid` a job at `dir`, records it, and queues its scan.
+  void add_job(const std::string& uuid, const std::string& dir, const std::string& root) {
+    auto [it, inserted] = jobs_.try_emplace(uuid);
+    auto& js = it->second;
+    if (!inserted && js.scanning && js.dir == dir) return;
+    if (!inserted && !js.dir.empty() && js.dir != dir && !js.root.empty() &&
+        exists_nofollow(js.dir)) {
+      log::warning("job ", uuid, " exists in two watch roots; keeping ", js.dir, ", ignoring ",
+                   dir);
+      return;
+    }
+    js.uuid = uuid;
+    if (js.dir != dir) {
+      // The job moved (or is new): whatever was indexed under the old folder is stale.
+      for (auto& [path, cp] : js.known) pending_for(uuid).removed_paths.push_back(path);
+      js.known.clear();
+      js.dir = dir;
+    }
+    js.root = root;
+    store::job record{uuid, dir, now_ns()};
+    if (auto found = index_.find_job(uuid); found && *found && (*found)->dir == dir) {
+      record.first_seen_ns = (*found)->first_seen_ns;
+    }
+    pending_for(uuid).upsert_job = record;
+    enqueue({task::scan_job, uuid, dir, 0});
+  }
+
+  void remove_job(const std::string& uuid) {
+    auto it = jobs_.find(uuid);
+    if (it == jobs_.end()) return;
+    unwatch_subtree(it->second.dir);
+    forget_settling(it->second.dir);
+    jobs_.erase(it);
+    auto& change = pending_for(uuid);
+    change = store::job_change{};
+    change.job_uuid = uuid;
+    change.remove_job = true;
+    log::info("job ", uuid, " is gone");
+  }
+
+  // Jobs the store remembers from an earlier run but that no configured root
+  // or --job names any more.
+  void drop_jobs_not_configured() {
+    std::vector<std::string> gone;
+    for (auto& [uuid, js] : jobs_) {
+      if (!js.scanning) gone.push_back(uuid);
+    }
+    for (auto& uuid : gone) remove_job(uuid);
+  }
+
+  // ---- watches ---------------------------------------------------------------
+
+  // Adds (or refreshes) the watch of a folder inside a job. False when it
+  // could not be watched; the folder is then covered by periodic rescans.
+  bool watch_dir(const std::string& path, const std::string& job, int depth) {
+    int wd = ::inotify_add_watch(inotify_.native_handle(), path.c_str(), dir_mask);
+    if (wd < 0) {
+      if (errno == ENOSPC) {
+        log_watch_limit();
+      } else if (errno != ENOENT && errno != ENOTDIR) {
+        log::warning("cannot watch ", path, ": ", std::strerror(errno));
+      }
+      if (errno != ENOENT && errno != ENOTDIR) {
+        if (auto it = jobs_.find(job); it != jobs_.end()) it->second.incomplete_watch = true;
+      }
+      return false;
+    }
+    if (auto old = nodes_.find(wd); old != nodes_.end() && old->second.path != path) {
+      wd_by_path_.erase(old->second.path);  // the same folder under a new name
+    }
+    nodes_[wd] = node{path, job, depth};
+    wd_by_path_[path] = wd;
+    return true;
+  }
+
+  void log_watch_limit() {
+    if (watch_limit_logged_) return;
+    watch_limit_logged_ = true;
+    log::error("inotify watch limit reached (", nodes_.size(),
+               " watches in use, fs.inotify.max_user_watches = ", max_watches_,
+               "); folders beyond it are rescanned every ", opts_.rescan_interval.count() / 1000,
+               " s. Raise the limit: sysctl fs.inotify.max_user_watches=<more>");
+  }
+
+  // Forgets the watches of a folder and everything below it.
+  void unwatch_subtree(const std::string& dir) {
+    auto it = wd_by_path_.lower_bound(dir);
+    while (it != wd_by_path_.end() && within(it->first, dir)) {
+      ::inotify_rm_watch(inotify_.native_handle(), it->second);  // may already be gone: fine
+      nodes_.erase(it->second);
+      it = wd_by_path_.erase(it);
+    }
+  }
+
+  // ---- task queue ---------------------------------------------------------------
+
+  void enqueue(task t) {
+    if (t.kind == task::scan_job) {
+      if (auto it = jobs_.find(t.job); it != jobs_.end()) {
+        it->second.scanning = true;
+        it->second.seen_in_scan.clear();
+      }
+    }
+    tasks_.push_back(std::move(t));
+    schedule_pump();
+  }
+
+  void schedule_pump() {
+    if (pump_scheduled_ || stopped_) return;
+    pump_scheduled_ = true;
+    net::post(ctx_, [this] {
+      pump_scheduled_ = false;
+      pump();
+    });
+  }
+
+  void pump() {
+    if (stopped_) return;
+    for (int i = 0; i < tasks_per_turn && !tasks_.empty(); ++i) {
+      task t = std::move(tasks_.front());
+      tasks_.pop_front();
+      run(t);
+    }
+    flush();
+    if (!tasks_.empty()) schedule_pump();
+  }
+
+  void run(const task& t) {
+    switch (t.kind) {
+      case task::scan_job:
+        scan_job(t.job);
+        break;
+      case task::scan_dir:
+        scan_dir(t.job, t.path, t.depth);
+        break;
+      case task::evaluate:
+        evaluate(t.job, t.path);
+        break;
+      case task::finish_job:
+        finish_job(t.job);
+        break;
+      case task::reconciled:
+        if (!reconciled_) {
+          reconciled_ = true;
+          flush();
+          log::notice("first scan reconciled: ", jobs_.size(), " jobs, ", nodes_.size(),
+                      " folders watched");
+          if (cb_.on_reconciled) cb_.on_reconciled();
+        }
+        break;
+    }
+  }
+
+  void scan_job(const std::string& uuid) {
+    auto it = jobs_.find(uuid);
+    if (it == jobs_.end()) return;
+    auto& js = it->second;
+    js.incomplete_watch = false;
+    if (!is_dir_nofollow(js.dir)) {
+      if (!js.root.empty()) {
+        // A --watch job whose folder is gone: the root's event removes it.
+        log::debug("job folder ", js.dir, " vanished during its scan");
+      } else {
+        note_problem(js.dir, "job folder of job " + uuid + " does not exist (yet)");
+      }
+      finish_job(uuid);
+      return;
+    }
+    if (!watch_dir(js.dir, uuid, 0)) js.incomplete_watch = true;
+    // Depth-first: the job's folders are listed before its scan finishes.
+    tasks_.push_front({task::finish_job, uuid, "", 0});
+    tasks_.push_front({task::scan_dir, uuid, js.dir, 0});
+  }
+
+  // Lists one folder of a job: queues its subfolders and judges candidates.
+  void scan_dir(const std::string& job, const std::string& dir, int depth) {
+    int error = 0;
+    auto entries = list_dir(dir, error);
+    if (error != 0 && error != ENOENT)
+      log::warning("cannot list ", dir, ": ", std::strerror(error));
+    std::vector<task> follow;
+    if (depth > 0 && has_manifest(entries)) {
+      watch_candidate_interior(job, dir, depth);
+      follow.push_back({task::evaluate, job, dir, 0});
+    } else {
+      for (auto& e : entries) {
+        if (is_staging_name(e.name) || (e.name.front() == '.' && e.is_dir)) continue;
+        std::string path = dir + "/" + e.name;
+        if (claimed_by_name(e.name, e.is_dir)) {
+          if (depth + 1 > opts_.max_depth) continue;
+          if (e.is_dir) watch_candidate_interior(job, path, depth + 1);
+          follow.push_back({task::evaluate, job, path, 0});
+        } else if (e.is_dir && depth + 1 <= opts_.max_depth) {
+          // Watch first, list later (when the task runs): nothing slips between.
+          watch_dir(path, job, depth + 1);
+          follow.push_back({task::scan_dir, job, path, depth + 1});
+        }
+      }
+    }
+    // Depth-first keeps the queue as small as the tree is deep.
+    for (auto it = follow.rbegin(); it != follow.rend(); ++it) tasks_.push_front(std::move(*it));
+  }
+
+  static bool has_manifest(const std::vector<dir_entry>& entries) {
+    return std::any_of(entries.begin(), entries.end(),
+                       [](const dir_entry& e) { return !e.is_dir && e.name == manifest_file; });
+  }
+
+  static bool claimed_by_name(std::string_view name, bool is_dir) {
+    if (is_staging_name(name)) return false;
+    for (const layout* l : all_layouts()) {
+      if (l->claims_name(name, is_dir)) return true;
+    }
+    return false;
+  }
+
+  // Watches a checkpoint folder and the folders inside it, before it is read,
+  // so a file landing meanwhile raises an event.
+  void watch_candidate_interior(const std::string& job, const std::string& dir, int depth) {
+    watch_dir(dir, job, depth);
+    std::vector<std::pair<std::string, int>> stack{{dir, 0}};
+    while (!stack.empty()) {
+      auto [path, level] = stack.back();
+      stack.pop_back();
+      if (level >= candidate_inner_depth) continue;
+      int error = 0;
+      for (auto& e : list_dir(path, error)) {
+        if (!e.is_dir) continue;
+        std::string sub = path + "/" + e.name;
+        if (watch_dir(sub, job, depth + level + 1)) stack.emplace_back(sub, level + 1);
+      }
+    }
+  }
+
+  // A job's scan is done: whatever the index holds that the scan did not
+  // confirm is judged again on its own (it is most likely gone).
+  void finish_job(const std::string& uuid) {
+    auto it = jobs_.find(uuid);
+    if (it == jobs_.end()) return;
+    auto& js = it->second;
+    js.scanning = false;
+    std::vector<std::string> unconfirmed;
+    for (auto& [path, cp] : js.known) {
+      if (!js.seen_in_scan.contains(path)) unconfirmed.push_back(path);
+    }
+    js.seen_in_scan.clear();
+    for (auto& path : unconfirmed) evaluate(uuid, path);
+  }
+
+  // ---- judging candidates ---------------------------------------------------
+
+  // Judges one candidate from the disk and records the outcome in pending_.
+  void evaluate(const std::string& uuid, const std::string& path) {
+    auto it = jobs_.find(uuid);
+    if (it == jobs_.end()) return;
+    auto& js = it->second;
+    if (js.scanning) js.seen_in_scan.insert(path);
+
+    auto verdict = judge(path);
+    auto known = js.known.find(path);
+    if (verdict.verdict == state::settling) {
+      if (!settled(path, verdict)) return;  // judged again when its quiet time is over
+      verdict.verdict = state::complete;
+    } else {
+      forget_settling(path);
+    }
+
+    if (verdict.verdict != state::complete) {
+      if (!verdict.problem.empty()) note_problem(path, verdict.problem);
+      if (known != js.known.end()) {
+        log::info("checkpoint ", path, " of job ", uuid, " is gone");
+        pending_for(uuid).removed_paths.push_back(path);
+        js.known.erase(known);
+      }
+      return;
+    }
+    if (!verdict.problem.empty()) note_problem(path, verdict.problem);
+
+    store::checkpoint cp;
+    cp.path = path;
+    cp.identifier = verdict.identifier.empty() ? std::string(name_of(path)) : verdict.identifier;
+    cp.epoch = verdict.epoch;
+    cp.step = verdict.step;
+    cp.created_at_ns = verdict.completed_at_ns;
+    cp.metrics = verdict.metrics;
+    cp.fingerprint = verdict.fingerprint;
+    if (known != js.known.end()) {
+      // Unchanged evidence of completion: the same checkpoint, keep its time.
+      if (known->second.fingerprint == cp.fingerprint)
+        cp.created_at_ns = known->second.created_at_ns;
+      if (known->second == cp) return;
+    } else {
+      log::info("checkpoint ", path, " of job ", uuid, " is complete (epoch ", cp.epoch, ")");
+    }
+    if (verdict.problem.empty()) problems_logged_.erase(path);
+    js.known[path] = cp;
+    pending_for(uuid).upserts.push_back(std::move(cp));
+  }
+
+  recognition judge(const std::string& path) {
+    auto view = view_from_disk(path, candidate_inner_depth);
+    if (!view) return {};
+    std::vector<std::string> children;
+    for (const auto& f : view->files()) {
+      if (!f.rel.empty() && f.rel.find('/') == std::string::npos) children.push_back(f.rel);
+    }
+    const layout* l = choose_layout(view->name(), view->is_dir(), children);
+    if (l == nullptr) return {};
+    return l->recognise(*view);
+  }
+
+  // Quiet-time rule for layouts without a completion marker: complete once
+  // nothing under the candidate was written (newest mtime) and no event was
+  // seen for settle_time, and its size/mtime fingerprint held still between
+  // two looks. After a restart, files untouched for long are complete at once.
+  bool settled(const std::string& path, const recognition& verdict) {
+    auto& s = settling_[path];
+    auto now = clock::now();
+    bool first = !s.timer;
+    if (first) {
+      s.timer = std::make_unique<net::steady_timer>(ctx_);
+      s.last_activity = clock::time_point::min();
+    } else if (s.size_signature != verdict.fingerprint) {
+      s.last_activity = now;
+    }
+    s.size_signature = verdict.fingerprint;
+
+    std::int64_t wall_age_ns = now_ns() - verdict.completed_at_ns;
+    if (wall_age_ns < 0 && first) s.last_activity = now;  // mtime in the future: trust only events
+    auto since_write = std::chrono::nanoseconds(std::max<std::int64_t>(0, wall_age_ns));
+    auto since_event = s.last_activity == clock::time_point::min()
+                           ? clock::duration::max()
+                           : clock::duration(now - s.last_activity);
+    auto quiet =
+        std::min<clock::duration>(since_event, wall_age_ns < 0 ? since_event : since_write);
+    if (quiet >= opts_.settle_time) {
+      forget_settling(path);
+      return true;
+    }
+    s.timer->expires_after(opts_.settle_time - quiet + std::chrono::milliseconds(5));
+    s.timer->async_wait([this, job = job_of(path), path](boost::system::error_code ec) {
+      if (ec || stopped_) return;
+      evaluate(job, path);
+      flush();
+    });
+    return false;
+  }
+
+  void note_activity(const std::string& candidate) {
+    if (auto it = settling_.find(candidate); it != settling_.end()) {
+      it->second.last_activity = clock::now();
+    }
+  }
+
+  void forget_settling(const std::string& path) {
+    auto it = settling_.lower_bound(path);
+    while (it != settling_.end() && within(it->first, path)) {
+      if (it->second.timer) it->second.timer->cancel();
+      it = settling_.erase(it);
+    }
+  }
+
+  std::string job_of(const std::string& path) const {
+    for (auto& [uuid, js] : jobs_) {
+      if (within(path, js.dir)) return uuid;
+    }
+    return {};
+  }
+
+  // One log line per candidate and problem, not one per event.
+  std::map<std::string, std::string> problems_logged_;
+  void note_problem(const std::string& path, const std::string& problem) {
+    auto& last = problems_logged_[path];
+    if (last == problem) return;
+    last = problem;
+    log::warning(path, ": ", problem);
+  }
+
+  store::job_change& pending_for(const std::string& uuid) {
+    auto& change = pending_[uuid];
+    change.job_uuid = uuid;
+    return change;
+  }
+
+  // Writes every pending change (one batch per job), then tells the listener.
+  void flush() {
+    if (pending_.empty()) return;
+    auto pending = std::move(pending_);
+    pending_.clear();
+    for (auto& [uuid, change] : pending) {
+      if (change.upserts.empty() && change.removed_paths.empty() && !change.upsert_job &&
+          !change.remove_job)
+        continue;
+      if (auto r = index_.apply(change); !r) {
+        log::error("cannot write job ", uuid, " to the index: ", r.error().message(),
+                   "; retrying with a rescan");
+        if (auto it = jobs_.find(uuid); it != jobs_.end()) {
+          // Believe the store again, so the rescan writes what is missing.
+          it->second.known.clear();
+          if (auto cps = index_.checkpoints(uuid)) {
+            for (auto& cp : *cps) it->second.known.emplace(cp.path, std::move(cp));
+          }
+          it->second.incomplete_watch = true;
+        }
+        continue;
+      }
+      if (cb_.on_job_changed) cb_.on_job_changed(uuid);
+    }
+  }
+
+  // ---- inotify events ----------------------------------------------------------
+
+  void read_events() {
+    if (stopped_) return;
+    inotify_.async_wait(net::posix::stream_descriptor::wait_read,
+                        [this](boost::system::error_code ec) {
+                          if (ec || stopped_) return;
+                          drain();
+                          read_events();
+                        });
+  }
+
+  void drain() {
+    for (;;) {
+      ssize_t n = ::read(inotify_.native_handle(), buffer_.data(), buffer_.size());
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN) log::error("reading inotify: ", std::strerror(errno));
+        break;
+      }
+      for (ssize_t off = 0; off < n;) {
+        auto* ev = reinterpret_cast<const inotify_event*>(buffer_.data() + off);
+        handle(*ev);
+        off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
+      }
+    }
+    for (auto& [job, path] : std::exchange(dirty_, {})) evaluate(job, path);
+    flush();
+    schedule_pump();
+  }
+
+  void handle(const inotify_event& ev) {
+    if (ev.mask & IN_Q_OVERFLOW) {
+      log::warning("inotify queue overflowed; rescanning every job");
+      rescan_all();
+      return;
+    }
+    auto it = nodes_.find(ev.wd);
+    if (it == nodes_.end()) return;  // a watch we already dropped
+    if (ev.mask & IN_IGNORED) {
+      wd_by_path_.erase(it->second.path);
+      nodes_.erase(it);
+      return;
+    }
+    const node n = it->second;  // copy: handlers below may rehash nodes_
+    std::string name = ev.len > 0 ? std::string(ev.name) : std::string();
+    bool is_dir = ev.mask & IN_ISDIR;
+
+    if (n.job.empty()) {
+      handle_root_event(n, ev.mask, name, is_dir);
+      return;
+    }
+    if (ev.mask & (IN_DELETE_SELF | IN_MOVE_SELF)) {
+      if (n.depth == 0) on_job_dir_gone(n.job);
+      return;
+    }
+    if (name.empty()) return;
+    std::string path = n.path + "/" + name;
+    auto job_it = jobs_.find(n.job);
+    if (job_it == jobs_.end()) return;
+    auto& js = job_it->second;
+
+    if (is_dir && (ev.mask & (IN_DELETE | IN_MOVED_FROM))) {
+      unwatch_subtree(path);
+      drop_known_under(n.job, path);
+    }
+    if (is_dir && (ev.mask & (IN_CREATE | IN_MOVED_TO)) && !is_staging_name(name)) {
+      // Covered by scan_dir of the parent, in the right order: watch, then list.
+      auto candidate = candidate_of(js, n.path, n.depth);
+      if (candidate.empty()) {
+        enqueue_front_scan(n.job, n.path, name, n.depth);
+      } else {
+        watch_candidate_interior(n.job, path, n.depth + 1);
+      }
+    }
+    // Any event below a candidate may complete it, change it or break it.
+    std::string candidate = candidate_of(js, n.path, n.depth);
+    if (candidate.empty()) {
+      if (claimed_by_name(name, is_dir) && n.depth + 1 <= opts_.max_depth)
+        candidate = path;
+      else if (name == manifest_file && n.depth > 0)
+        candidate = n.path;
+    }
+    if (!candidate.empty()) {
+      note_activity(candidate);
+      dirty_.emplace(n.job, candidate);
+    }
+  }
+
+  // Queues the scan of one new subfolder of `parent`, as scan_dir would have.
+  void enqueue_front_scan(const std::string& job, const std::string& parent,
+                          const std::string& name, int parent_depth) {
+    std::string path = parent + "/" + name;
+    if (claimed_by_name(name, true)) {
+      if (parent_depth + 1 <= opts_.max_depth) {
+        watch_candidate_interior(job, path, parent_depth + 1);
+        dirty_.emplace(job, path);
+      }
+      return;
+    }
+    if (parent_depth + 1 > opts_.max_depth) return;
+    watch_dir(path, job, parent_depth + 1);
+    tasks_.push_front({task::scan_dir, job, path, parent_depth + 1});
+  }
+
+  // The checkpoint a folder belongs to: the outermost folder between the job
+  // folder and `dir` that a layout claims by name or that holds a manifest.
+  // Empty when `dir` is not inside a checkpoint.
+  std::string candidate_of(const job_state& js, const std::string& dir, int depth) const {
+    if (depth <= 0) return {};
+    std::vector<std::string> chain;  // dir, parent, ..., up to depth 1
+    std::string p = dir;
+    for (int d = depth; d >= 1; --d) {
+      chain.push_back(p);
+      p = parent_of(p);
+    }
+    (void)js;
+    for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+      if (claimed_by_name(name_of(*it), true)) return *it;
+      if (exists_nofollow(*it + "/" + std::string(manifest_file))) return *it;
+    }
+    return {};
+  }
+
+  void drop_known_under(const std::string& uuid, const std::string& dir) {
+    auto& js = jobs_[uuid];
+    auto it = js.known.lower_bound(dir);
+    while (it != js.known.end() && within(it->first, dir)) {
+      log::info("checkpoint ", it->first, " of job ", uuid, " is gone");
+      pending_for(uuid).removed_paths.push_back(it->first);
+      it = js.known.erase(it);
+    }
+    forget_settling(dir);
+  }
+
+  void handle_root_event(const node& root, std::uint32_t mask, const std::string& name,
+                         bool is_dir) {
+    if (mask & (IN_DELETE_SELF | IN_MOVE_SELF)) {
+      log::warning("watch root ", root.path, " is gone; its jobs are dropped until it returns");
+      std::vector<std::string> gone;
+      for (auto& [uuid, js] : jobs_) {
+        if (js.root == root.path) gone.push_back(uuid);
+      }
+      for (auto& uuid : gone) remove_job(uuid);
+      for (auto& r : roots_) {
+        if (r.path == root.path) r.wd = -1;
+      }
+      unwatch_subtree(root.path);
+      return;
+    }
+    if (!is_dir || !is_job_name(name)) return;
+    std::string dir = root.path + "/" + name;
+    if (mask & (IN_CREATE | IN_MOVED_TO)) {
+      log::info("job ", name, " appeared at ", dir);
+      add_job(name, dir, root.path);
+    } else if (mask & (IN_DELETE | IN_MOVED_FROM)) {
+      auto it = jobs_.find(name);
+      if (it != jobs_.end() && it->second.dir == dir) remove_job(name);
+    }
+  }
+
+  // A --job folder (or a job folder whose root event we missed) vanished.
+  void on_job_dir_gone(const std::string& uuid) {
+    auto it = jobs_.find(uuid);
+    if (it == jobs_.end()) return;
+    if (!it->second.root.empty()) {
+      if (!is_dir_nofollow(it->second.dir)) remove_job(uuid);
+      return;
+    }
+    drop_known_under(uuid, it->second.dir);
+    unwatch_subtree(it->second.dir);
+    log::warning("job folder ", it->second.dir, " of job ", uuid, " is gone; waiting for it");
+  }
+
+  // ---- rescans -------------------------------------------------------------------
+
+  void rescan_all() {
+    for (auto& [uuid, js] : jobs_) enqueue({task::scan_job, uuid, js.dir, 0});
+    for (std::size_t i = 0; i < roots_.size(); ++i) rescan_root(i);
+  }
+
+  // Picks up jobs a root gained or lost without an event reaching us.
+  void rescan_root(std::size_t i) {
+    auto& r = roots_[i];
+    if (r.wd < 0) {
+      if (!is_dir_nofollow(r.path)) return;
+      log::notice("watch root ", r.path, " is back");
+      attach_root(i);
+      return;
+    }
+    int error = 0;
+    std::set<std::string> present;
+    for (auto& e : list_dir(r.path, error)) {
+      if (!e.is_dir || !is_job_name(e.name)) continue;
+      present.insert(e.name);
+      auto it = jobs_.find(e.name);
+      if (it == jobs_.end() || it->second.dir != r.path + "/" + e.name) {
+        add_job(e.name, r.path + "/" + e.name, r.path);
+      }
+    }
+    std::vector<std::string> gone;
+    for (auto& [uuid, js] : jobs_) {
+      if (js.root == r.path && !present.contains(uuid)) gone.push_back(uuid);
+    }
+    for (auto& uuid : gone) remove_job(uuid);
+  }
+
+  void arm_rescan_timer() {
+    rescan_timer_.expires_after(opts_.rescan_interval);
+    rescan_timer_.async_wait([this](boost::system::error_code ec) {
+      if (ec || stopped_) return;
+      for (std::size_t i = 0; i < roots_.size(); ++i) {
+        if (roots_[i].wd < 0) rescan_root(i);
+      }
+      for (auto& [uuid, js] : jobs_) {
+        bool missing = js.root.empty() && !wd_by_path_.contains(js.dir);
+        if ((js.incomplete_watch || missing) && !js.scanning)
+          enqueue({task::scan_job, uuid, js.dir, 0});
+      }
+      flush();
+      arm_rescan_timer();
+    });
+  }
+};
+
+watcher::watcher(net::io_context& ctx, options opts, store::index& index, callbacks cb)
+    : impl_(std::make_unique<impl>(ctx, std::move(opts), index, std::move(cb))) {}
+
+watcher::~watcher() = default;
+
+void watcher::start() { impl_->start(); }
+
+void watcher::stop() { impl_->stop(); }
+
+}  // namespace ckptd::watcher

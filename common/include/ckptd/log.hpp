@@ -34,14 +34,24 @@ void line(level l, const Args&... args) {
 }
 
 template <typename... Args>
-void error(const Args&... args) { line(level::error, args...); }
+void error(const Args&... args) {
+  line(level::error, args...);
+}
 template <typename... Args>
-void warning(const Args&... args) { line(level::warning, args...); }
+void warning(const Args&... args) {
+  line(level::warning, args...);
+}
 template <typename... Args>
-void notice(const Args&... args) { line(level::notice, args...); }
+void notice(const Args&... args) {
+  line(level::notice, args...);
+}
 template <typename... Args>
-void info(const Args&... args) { line(level::info, args...); }
+void info(const Args&... args) {
+  line(level::info, args...);
+}
 template <typename... Args>
-void debug(const Args&... args) { line(level::debug, args...); }
+void debug(const Args&... args) {
+  line(level::debug, args...);
+}
 
 }  // namespace ckptd::log

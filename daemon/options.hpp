@@ -1,0 +1,50 @@
+#pragma once
+// ckptd's configuration: one struct of settings, read from the command line
+// and, with --config FILE, from an INI file that uses the same names
+// ("watch = /data/runs", "rate-limit = 20"). The command line wins.
+
+#include <ckptd/log.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ckptd::daemon {
+
+struct settings {
+  // Folders whose immediate subfolders are jobs. Default: none.
+  std::vector<std::string> watch;
+  // Jobs given directly: (job_uuid, folder). Default: none.
+  std::vector<std::pair<std::string, std::string>> jobs;
+  // Where the RocksDB index lives. Default: $STATE_DIRECTORY (set by systemd's
+  // StateDirectory=), else /var/lib/ckptd.
+  std::string db;
+  // Address to serve HTTP on. Default: 127.0.0.1:8321.
+  std::string listen_host = "127.0.0.1";
+  std::uint16_t listen_port = 8321;
+  // Folder levels below a job searched for checkpoints. Default: 4.
+  int max_depth = 4;
+  // Quiet time that completes a checkpoint without a completion marker. Default: 3 s.
+  std::chrono::milliseconds settle_time{3000};
+  // Rescan period for what inotify cannot watch. Default: 30 s.
+  std::chrono::milliseconds rescan_interval{30000};
+  // Requests per second per client address (0: unlimited). Default: 20.
+  double rate_limit = 20;
+  // Burst of requests per client address. Default: 40.
+  double rate_burst = 40;
+  // Default: info.
+  log::level log_level = log::level::info;
+  // --demo DIR: run a simulated training job in DIR and watch it. Default: off.
+  std::optional<std::string> demo_dir;
+};
+
+enum class outcome { run, exit_success, exit_failure };
+
+// Parses argv (and the --config file it names) into `out`. Prints --help,
+// --version and errors (naming the option or key) itself.
+outcome parse(int argc, char** argv, settings& out);
+
+}  // namespace ckptd::daemon

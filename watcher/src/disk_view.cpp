@@ -1,0 +1,224 @@
+// view_from_disk: the candidate_view the engine hands to layouts.
+//
+// Strictly read-only and short-lived, because trainers and their cleanup code
+// work in the same folders:
+//  - Nothing is written, locked or renamed, and no file stays open: a file
+//    held open on NFS turns its deletion into a ".nfsXXXX" silly rename, and
+//    the trainer's rmtree of an old checkpoint then fails ("Directory not
+//    empty"), leaving half-deleted folders or crashing the job.
+//  - Symlinks are never followed: lstat/fstatat(AT_SYMLINK_NOFOLLOW) for the
+//    listing and O_NOFOLLOW on every path component for reads, so a link in
+//    a training folder cannot make ckptd read elsewhere.
+//  - O_NOATIME where the kernel allows it (only the file's owner or a
+//    CAP_FOWNER process may; EPERM otherwise, then we open without it), so
+//    ckptd's reads do not dirty inodes on relatime-less mounts.
+//  - Entries that vanish between readdir and stat are skipped: rotation may
+//    delete a checkpoint while it is being listed.
+//  - The listing is bounded in depth and in entries.
+
+#include "layout.hpp"
+
+#include <ckptd/log.hpp>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+namespace ckptd::watcher {
+
+namespace {
+
+// A checkpoint folder with more entries than this is not one ckptd can judge
+// (a dataset cache, a home directory); the listing stops there, with a warning.
+constexpr std::size_t max_entries = 100'000;
+constexpr int max_depth_limit = 16;
+// Reads are bounded by their callers; this only stops a runaway request from
+// allocating without limit.
+constexpr std::uint64_t max_read_bytes = 256ull << 20;
+
+class fd_guard {
+ public:
+  explicit fd_guard(int fd) : fd_(fd) {}
+  ~fd_guard() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  fd_guard(const fd_guard&) = delete;
+  fd_guard& operator=(const fd_guard&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+std::int64_t mtime_ns_of(const struct stat& st) {
+  return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+}
+
+int open_retrying(int dirfd, const char* name, int flags) {
+  int fd;
+  do {
+    fd = ::openat(dirfd, name, flags);
+  } while (fd < 0 && errno == EINTR);
+  return fd;
+}
+
+// Opens a regular file for reading without following symlinks and without
+// blocking on a FIFO that might have taken its place.
+int open_file_for_read(int dirfd, const char* name) {
+  constexpr int flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
+  int fd = open_retrying(dirfd, name, flags | O_NOATIME);
+  if (fd < 0 && errno == EPERM) fd = open_retrying(dirfd, name, flags);
+  return fd;
+}
+
+class disk_view final : public candidate_view {
+ public:
+  disk_view(std::filesystem::path path, std::string name, bool is_dir)
+      : path_(std::move(path)), name_(std::move(name)), is_dir_(is_dir) {}
+
+  std::string_view name() const override { return name_; }
+  bool is_dir() const override { return is_dir_; }
+  const std::vector<file_info>& files() const override { return files_; }
+
+  std::optional<std::string> read(std::string_view rel, std::uint64_t offset,
+                                  std::uint64_t length) const override {
+    const int fd = is_dir_ ? open_inside(rel) : (rel.empty() ? open_self() : -1);
+    if (fd < 0) return std::nullopt;
+    const fd_guard file(fd);
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    if (offset >= size) return std::string();
+    std::string out(std::min({length, size - offset, max_read_bytes}), '\0');
+    std::size_t got = 0;
+    while (got < out.size()) {
+      const ssize_t n =
+          ::pread(fd, out.data() + got, out.size() - got, static_cast<off_t>(offset + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return std::nullopt;
+      if (n == 0) break;  // the file shrank since fstat
+      got += static_cast<std::size_t>(n);
+    }
+    out.resize(got);
+    return out;
+  }
+
+  void list(int root_fd, int max_depth) {
+    list_dir(root_fd, std::string(), 1, max_depth);
+    std::sort(files_.begin(), files_.end(),
+              [](const file_info& a, const file_info& b) { return a.rel < b.rel; });
+  }
+
+  void set_self(const struct stat& st) {
+    files_.push_back(
+        file_info{std::string(), false, static_cast<std::uint64_t>(st.st_size), mtime_ns_of(st)});
+  }
+
+ private:
+  // Takes ownership of `dir_fd`.
+  void list_dir(int dir_fd, const std::string& prefix, int depth, int max_depth) {
+    DIR* dir = ::fdopendir(dir_fd);
+    if (!dir) {
+      ::close(dir_fd);
+      return;
+    }
+    std::vector<std::string> subfolders;
+    while (const dirent* entry = ::readdir(dir)) {
+      const std::string_view entry_name = entry->d_name;
+      if (entry_name == "." || entry_name == "..") continue;
+      if (files_.size() >= max_entries) {
+        if (!truncated_) {
+          truncated_ = true;
+          log::warning("more than ", max_entries, " entries under ", path_.string(),
+                       "; looking at the first ", max_entries, " only");
+        }
+        break;
+      }
+      struct stat st {};
+      if (::fstatat(::dirfd(dir), entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+      const bool is_folder = S_ISDIR(st.st_mode);
+      if (!is_folder && !S_ISREG(st.st_mode)) continue;  // symlinks, sockets, FIFOs
+      std::string rel = prefix + std::string(entry_name);
+      files_.push_back(file_info{
+          rel, is_folder, is_folder ? 0 : static_cast<std::uint64_t>(st.st_size), mtime_ns_of(st)});
+      if (is_folder && depth < max_depth) subfolders.push_back(std::move(rel));
+    }
+    // Descend after the loop so that only one directory stream per level is
+    // open at a time.
+    for (const auto& sub : subfolders) {
+      const auto slash = sub.rfind('/');
+      const std::string sub_name = slash == std::string::npos ? sub : sub.substr(slash + 1);
+      const int fd = open_retrying(::dirfd(dir), sub_name.c_str(),
+                                   O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd >= 0) list_dir(fd, sub + "/", depth + 1, max_depth);  // vanished: skip
+    }
+    ::closedir(dir);
+  }
+
+  int open_self() const { return open_file_for_read(AT_FDCWD, path_.c_str()); }
+
+  // Walks `rel` one component at a time, refusing symlinks at every step.
+  int open_inside(std::string_view rel) const {
+    if (rel.empty() || rel.front() == '/') return -1;
+    int dir = open_retrying(AT_FDCWD, path_.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    std::size_t start = 0;
+    while (dir >= 0) {
+      const auto slash = rel.find('/', start);
+      const auto end = slash == std::string_view::npos ? rel.size() : slash;
+      const std::string part(rel.substr(start, end - start));
+      int next = -1;
+      if (part.empty() || part == "." || part == "..") {
+        next = -1;
+      } else if (slash == std::string_view::npos) {
+        const int fd = open_file_for_read(dir, part.c_str());
+        ::close(dir);
+        return fd;
+      } else {
+        next = open_retrying(dir, part.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      }
+      ::close(dir);
+      dir = next;
+      start = end + 1;
+    }
+    return -1;
+  }
+
+  std::filesystem::path path_;
+  std::string name_;
+  bool is_dir_;
+  std::vector<file_info> files_;
+  bool truncated_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<candidate_view> view_from_disk(const std::filesystem::path& path, int max_depth) {
+  // "a/b/" names b, like "a/b".
+  auto name = path.filename().string();
+  if (name.empty()) name = path.parent_path().filename().string();
+
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return nullptr;
+  if (S_ISREG(st.st_mode)) {
+    auto view = std::make_unique<disk_view>(path, std::move(name), false);
+    view->set_self(st);
+    return view;
+  }
+  if (!S_ISDIR(st.st_mode)) return nullptr;  // symlinks and special files are never candidates
+  // O_NOFOLLOW: if the folder was swapped for a symlink since lstat, fail.
+  const int fd =
+      open_retrying(AT_FDCWD, path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return nullptr;
+  auto view = std::make_unique<disk_view>(path, std::move(name), true);
+  view->list(fd, std::clamp(max_depth, 1, max_depth_limit));
+  return view;
+  return nullptr;
+}
+
+}  // namespace ckptd::watcher

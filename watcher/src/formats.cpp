@@ -1,0 +1,359 @@
+#include "formats.hpp"
+
+#include <boost/json/parse.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <set>
+
+namespace ckptd::watcher {
+
+namespace {
+
+constexpr std::string_view zip_end_signature = "PK\x05\x06";
+constexpr std::string_view zip64_locator_signature = "PK\x06\x07";
+constexpr std::string_view zip64_end_signature = "PK\x06\x06";
+constexpr std::size_t zip_end_bytes = 22;
+constexpr std::size_t zip64_locator_bytes = 20;
+constexpr std::size_t zip64_end_min_bytes = 56;
+constexpr std::uint32_t zip_field_in_zip64 = 0xFFFFFFFF;
+
+std::uint64_t load_le(std::string_view bytes, std::size_t at, std::size_t width) {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < width; ++i) {
+    v |= static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[at + i])) << (8 * i);
+  }
+  return v;
+}
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+// How a file is named in messages: its rel, or the candidate's name for a
+// file candidate.
+std::string label(const candidate_view& c, const file_info& f) {
+  return f.rel.empty() ? std::string(c.name()) : f.rel;
+}
+
+bool is_torch_save_name(std::string_view rel) {
+  return ends_with(rel, ".pt") || ends_with(rel, ".pth") || ends_with(rel, ".bin") ||
+         ends_with(rel, ".ckpt");
+}
+
+bool is_index_name(std::string_view rel) { return ends_with(rel, ".index.json"); }
+
+// "model-00001-of-00004.safetensors": digits, "-of-", digits, then the suffix.
+bool is_shard_name(std::string_view rel) {
+  const auto slash = rel.rfind('/');
+  const std::string_view name = slash == std::string_view::npos ? rel : rel.substr(slash + 1);
+  const auto of = name.rfind("-of-");
+  if (of == std::string_view::npos || of == 0) return false;
+  std::size_t before = of;
+  while (before > 0 && name[before - 1] >= '0' && name[before - 1] <= '9') --before;
+  if (before == of || before == 0 || name[before - 1] != '-') return false;
+  std::size_t after = of + 4;
+  const std::size_t digits_start = after;
+  while (after < name.size() && name[after] >= '0' && name[after] <= '9') ++after;
+  return after > digits_start && after < name.size() && name[after] == '.';
+}
+
+// A shard name from an index must stay inside the candidate: relative, no
+// empty, "." or ".." components.
+bool is_safe_relative(std::string_view rel) {
+  if (rel.empty() || rel.front() == '/') return false;
+  std::size_t start = 0;
+  while (start <= rel.size()) {
+    const auto end = std::min(rel.find('/', start), rel.size());
+    const auto part = rel.substr(start, end - start);
+    if (part.empty() || part == "." || part == "..") return false;
+    start = end + 1;
+  }
+  return true;
+}
+
+// Checks an index and, when `shards` is given, returns the rels it covers.
+std::string index_problem_impl(const candidate_view& c, const file_info& index,
+                               std::vector<std::string>* shards) {
+  const std::string what = label(c, index);
+  std::string problem;
+  const auto text = read_small_file(c, index, max_index_bytes, problem);
+  if (!text) return problem;
+  boost::system::error_code ec;
+  const auto root = parse_python_json(*text, ec);
+  if (ec) return what + ": not valid JSON (" + ec.message() + "); truncated or still being written";
+  const auto* obj = root.if_object();
+  const auto* map = obj ? obj->if_contains("weight_map") : nullptr;
+  const auto* weight_map = map ? map->if_object() : nullptr;
+  if (!weight_map) return what + ": no weight_map object";
+
+  std::set<std::string_view> names;
+  for (const auto& entry : *weight_map) {
+    const auto* name = entry.value().if_string();
+    if (!name)
+      return what + ": weight_map value for \"" + std::string(entry.key()) + "\" is not a string";
+    names.insert(std::string_view(*name));
+    if (names.size() > max_index_shards) return what + ": lists implausibly many shards";
+  }
+  if (names.empty()) return what + ": weight_map names no shard";
+
+  const auto slash = index.rel.rfind('/');
+  const std::string dir =
+      slash == std::string::npos ? std::string() : index.rel.substr(0, slash + 1);
+  for (const auto name : names) {
+    if (!is_safe_relative(name) || is_index_name(name)) {
+      return what + ": shard name \"" + std::string(name) + "\" is not a plain relative file name";
+    }
+    const std::string rel = dir + std::string(name);
+    const auto* shard = find_file(c, rel);
+    if (!shard || shard->is_dir) return what + ": listed shard " + rel + " is missing";
+    if (auto p = weight_file_problem(c, *shard); !p.empty()) return p;
+    if (shards) shards->push_back(rel);
+  }
+  return {};
+}
+
+}  // namespace
+
+const file_info* find_file(const candidate_view& c, std::string_view rel) {
+  const auto& files = c.files();
+  const auto it =
+      std::lower_bound(files.begin(), files.end(), rel,
+                       [](const file_info& f, std::string_view r) { return f.rel < r; });
+  return it != files.end() && it->rel == rel ? &*it : nullptr;
+}
+
+std::string safetensors_problem(const candidate_view& c, const file_info& f) {
+  const std::string what = label(c, f);
+  if (f.is_dir) return what + ": is a folder, not a safetensors file";
+  if (f.size < 8) return what + ": shorter than the 8-byte header length; still being written?";
+  const auto head = c.read(f.rel, 0, 8);
+  if (!head) return what + ": cannot be read (gone?)";
+  if (head->size() < 8) return what + ": shrank while being read";
+  const std::uint64_t header_bytes = load_le(*head, 0, 8);
+  if (header_bytes < 2 || header_bytes > max_safetensors_header_bytes) {
+    return what + ": header length " + std::to_string(header_bytes) + " is implausible";
+  }
+  if (header_bytes > f.size - 8)
+    return what + ": truncated inside its header; still being written?";
+  const auto header = c.read(f.rel, 8, header_bytes);
+  if (!header) return what + ": cannot be read (gone?)";
+  if (header->size() < header_bytes) return what + ": shrank while being read";
+
+  boost::system::error_code ec;
+  const auto root = boost::json::parse(*header, ec);
+  const auto* tensors = ec ? nullptr : root.if_object();
+  if (!tensors) return what + ": header is not a JSON object";
+  std::uint64_t data_end = 0;
+  for (const auto& entry : *tensors) {
+    if (entry.key() == "__metadata__") continue;
+    const auto* tensor = entry.value().if_object();
+    const auto* offsets_value = tensor ? tensor->if_contains("data_offsets") : nullptr;
+    const auto* offsets = offsets_value ? offsets_value->if_array() : nullptr;
+    const auto bad = [&] {
+      return what + ": tensor \"" + std::string(entry.key()) + "\" has no valid data_offsets";
+    };
+    if (!offsets || offsets->size() != 2) return bad();
+    const auto begin = json_integer((*offsets)[0]);
+    const auto end = json_integer((*offsets)[1]);
+    if (!begin || !end || *begin < 0 || *end < *begin) return bad();
+    data_end = std::max(data_end, static_cast<std::uint64_t>(*end));
+  }
+  if (data_end > std::numeric_limits<std::uint64_t>::max() - 8 - header_bytes) {
+    return what + ": data_offsets are implausible";
+  }
+  const std::uint64_t expected = 8 + header_bytes + data_end;
+  if (f.size < expected) {
+    return what + ": " + std::to_string(f.size) + " bytes, header promises " +
+           std::to_string(expected) + "; truncated or still being written";
+  }
+  if (f.size > expected) {
+    return what + ": " + std::to_string(f.size) + " bytes, header promises only " +
+           std::to_string(expected);
+  }
+  return {};
+}
+
+std::string zip_problem(const candidate_view& c, const file_info& f) {
+  const std::string what = label(c, f);
+  if (f.is_dir) return what + ": is a folder, not a ZIP archive";
+  if (f.size < zip_end_bytes)
+    return what + ": too short for a ZIP end record; still being written?";
+  const std::uint64_t tail_bytes = std::min<std::uint64_t>(f.size, zip_tail_bytes);
+  const std::uint64_t tail_offset = f.size - tail_bytes;
+  const auto tail = c.read(f.rel, tail_offset, tail_bytes);
+  if (!tail) return what + ": cannot be read (gone?)";
+  if (tail->size() != tail_bytes) return what + ": changed size while being read";
+  const std::string_view t = *tail;
+
+  // Scan backwards: the end record normally sits in the last 22 bytes; the
+  // comment-length rule makes a stray signature inside compressed data match
+  // only by a very unlikely coincidence.
+  for (std::size_t p = t.size() - zip_end_bytes + 1; p-- > 0;) {
+    if (t.compare(p, 4, zip_end_signature) != 0) continue;
+    const std::uint64_t comment_bytes = load_le(t, p + 20, 2);
+    if (p + zip_end_bytes + comment_bytes != t.size()) continue;
+    const std::uint64_t end_at = tail_offset + p;
+    const std::uint64_t directory_bytes = load_le(t, p + 12, 4);
+    const std::uint64_t directory_at = load_le(t, p + 16, 4);
+    if (directory_bytes != zip_field_in_zip64 && directory_at != zip_field_in_zip64 &&
+        directory_at + directory_bytes == end_at) {
+      return {};
+    }
+    // ZIP64 (what torch.save's writer produces): a locator right before the
+    // end record points at the ZIP64 end record before it.
+    if (p >= zip64_locator_bytes &&
+        t.compare(p - zip64_locator_bytes, 4, zip64_locator_signature) == 0) {
+      const std::uint64_t locator_at = end_at - zip64_locator_bytes;
+      const std::uint64_t record_at = load_le(t, p - zip64_locator_bytes + 8, 8);
+      if (record_at > locator_at || locator_at - record_at < zip64_end_min_bytes) continue;
+      if (record_at >= tail_offset &&
+          t.compare(record_at - tail_offset, 4, zip64_end_signature) != 0) {
+        continue;
+      }
+      return {};
+    }
+  }
+  return what + ": no ZIP end record at the end; truncated or still being written";
+}
+
+std::string index_problem(const candidate_view& c, const file_info& index) {
+  return index_problem_impl(c, index, nullptr);
+}
+
+std::string weight_file_problem(const candidate_view& c, const file_info& f) {
+  if (ends_with(f.rel, ".safetensors")) return safetensors_problem(c, f);
+  if (is_index_name(f.rel)) return index_problem(c, f);
+  if (is_torch_save_name(f.rel)) return zip_problem(c, f);
+  return {};
+}
+
+std::string weight_set_problem(const candidate_view& c,
+                               const std::vector<const file_info*>& weights) {
+  if (weights.empty()) return "no weight files";
+  std::vector<std::string> covered;
+  for (const auto* f : weights) {
+    if (!is_index_name(f->rel)) continue;
+    if (auto p = index_problem_impl(c, *f, &covered); !p.empty()) return p;
+  }
+  std::sort(covered.begin(), covered.end());
+  for (const auto* f : weights) {
+    if (is_index_name(f->rel) || std::binary_search(covered.begin(), covered.end(), f->rel)) {
+      continue;
+    }
+    if (is_shard_name(f->rel)) {
+      return label(c, *f) + ": a shard, but no index names it; index not written yet?";
+    }
+    if (auto p = weight_file_problem(c, *f); !p.empty()) return p;
+  }
+  return {};
+}
+
+std::optional<std::string> read_small_file(const candidate_view& c, const file_info& f,
+                                           std::uint64_t max_bytes, std::string& problem) {
+  const std::string what = label(c, f);
+  const auto too_large = [&](std::uint64_t size) {
+    problem = what + ": " + std::to_string(size) + " bytes, more than the " +
+              std::to_string(max_bytes) + " this file can plausibly have";
+  };
+  if (f.is_dir) {
+    problem = what + ": is a folder";
+    return std::nullopt;
+  }
+  if (f.size > max_bytes) {
+    too_large(f.size);
+    return std::nullopt;
+  }
+  // One byte more than the limit tells a file that grew past it since listing.
+  auto text = c.read(f.rel, 0, max_bytes + 1);
+  if (!text) {
+    problem = what + ": cannot be read (gone?)";
+    return std::nullopt;
+  }
+  if (text->size() > max_bytes) {
+    too_large(text->size());
+    return std::nullopt;
+  }
+  return text;
+}
+
+boost::json::value parse_python_json(std::string_view text, boost::system::error_code& ec) {
+  // Outside strings, a letter can only start true, false or null in real JSON,
+  // so NaN / Infinity there are Python's literals and can be swapped safely.
+  std::string rewritten;
+  std::size_t copied = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (in_string) {
+      if (ch == '\\') {
+        ++i;
+      } else if (ch == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (ch == '"') {
+      in_string = true;
+      continue;
+    }
+    std::size_t length = 0;
+    if (text.compare(i, 3, "NaN") == 0) {
+      length = 3;
+    } else if (text.compare(i, 8, "Infinity") == 0) {
+      length = 8;
+    } else if (text.compare(i, 9, "-Infinity") == 0) {
+      length = 9;
+    }
+    if (length == 0) continue;
+    rewritten.append(text.substr(copied, i - copied));
+    rewritten.append("null");
+    i += length - 1;
+    copied = i + 1;
+  }
+  if (copied == 0) return boost::json::parse(text, ec);
+  rewritten.append(text.substr(copied));
+  return boost::json::parse(rewritten, ec);
+}
+
+std::optional<double> json_number(const boost::json::value& v) {
+  if (const auto* d = v.if_double()) return *d;
+  if (const auto* i = v.if_int64()) return static_cast<double>(*i);
+  if (const auto* u = v.if_uint64()) return static_cast<double>(*u);
+  return std::nullopt;
+}
+
+std::optional<std::int64_t> json_integer(const boost::json::value& v) {
+  if (const auto* i = v.if_int64()) return *i;
+  if (const auto* u = v.if_uint64()) {
+    if (*u <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+      return static_cast<std::int64_t>(*u);
+    }
+  }
+  return std::nullopt;
+}
+
+void fingerprint_hash::add(std::string_view bytes) {
+  add(static_cast<std::uint64_t>(bytes.size()));  // keeps "ab"+"c" apart from "a"+"bc"
+  for (const char ch : bytes) {
+    state_ ^= static_cast<unsigned char>(ch);
+    state_ *= 0x100000001b3ull;
+  }
+}
+
+void fingerprint_hash::add(std::uint64_t number) {
+  for (int i = 0; i < 8; ++i) {
+    state_ ^= (number >> (8 * i)) & 0xFF;
+    state_ *= 0x100000001b3ull;
+  }
+}
+
+std::string fingerprint_hash::hex() const {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out(16, '0');
+  for (int i = 0; i < 16; ++i) out[15 - i] = digits[(state_ >> (4 * i)) & 0xF];
+  return out;
+}
+
+}  // namespace ckptd::watcher

@@ -1,0 +1,94 @@
+#pragma once
+// Cheap completeness checks of weight files and helpers for reading small JSON
+// files through a candidate_view. Every check reads a bounded number of bytes
+// (a header, a tail) and never the whole weight file.
+//
+// The checks return a "problem": an empty string when the file looks complete,
+// otherwise one line saying what is wrong, for the log.
+
+#include "layout.hpp"
+
+#include <boost/json/value.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ckptd::watcher {
+
+// The safetensors format's own limit on its JSON header (the reference
+// implementation refuses larger ones); a bigger length field means garbage.
+inline constexpr std::uint64_t max_safetensors_header_bytes = 100'000'000;
+// A ZIP end-of-central-directory record is 22 bytes plus a comment of at most
+// 65535 bytes, so it always lies within this many bytes of the end.
+inline constexpr std::uint64_t zip_tail_bytes = 22 + 65535;
+// Sharded-weight indexes list one entry per tensor: a few MB for the largest
+// models.
+inline constexpr std::uint64_t max_index_bytes = 64ull << 20;
+// More distinct shards than this in one index is not a real checkpoint.
+inline constexpr std::size_t max_index_shards = 100'000;
+
+// The entry of `c.files()` at `rel`, or nullptr. Binary search: files() is
+// sorted by rel.
+const file_info* find_file(const candidate_view& c, std::string_view rel);
+
+// safetensors: an 8-byte little-endian header length N, N bytes of JSON, then
+// the tensor data. Complete iff the size is 8 + N + the largest data_offsets
+// end. `f` must be a regular file of `c`.
+std::string safetensors_problem(const candidate_view& c, const file_info& f);
+
+// torch.save files (.pt, .pth, .bin, .ckpt) are ZIP archives whose end record
+// is written last: complete iff the end record sits exactly at the end of the
+// file and agrees with the central directory before it (or with a ZIP64
+// locator). Reads only the last zip_tail_bytes.
+std::string zip_problem(const candidate_view& c, const file_info& f);
+
+// A sharded-weights index (model.safetensors.index.json,
+// pytorch_model.bin.index.json): parses, and every shard its weight_map names
+// exists next to it and passes its own check.
+std::string index_problem(const candidate_view& c, const file_info& index);
+
+// Dispatches on the file name: *.safetensors, *.index.json, or a torch.save
+// suffix (.pt .pth .bin .ckpt). Other files have nothing to check: "".
+std::string weight_file_problem(const candidate_view& c, const file_info& f);
+
+// Checks a set of weight files as a whole: every index passes (which covers
+// its shards), every file not covered by an index passes its own check, and a
+// shard named "*-0000k-of-0000n.*" without an index is reported (the index is
+// written after the shards). Empty `weights`: "no weight files".
+std::string weight_set_problem(const candidate_view& c,
+                               const std::vector<const file_info*>& weights);
+
+// Reads a whole small file of `c`, refusing more than `max_bytes`. nullopt
+// with `problem` set when it is missing, unreadable or too large.
+std::optional<std::string> read_small_file(const candidate_view& c, const file_info& f,
+                                           std::uint64_t max_bytes, std::string& problem);
+
+// Parses JSON as Python's json module writes it: the non-standard literals
+// NaN, Infinity and -Infinity (json.dump's default allow_nan=True) are read
+// as null, so a diverged loss does not make the whole file unreadable.
+// Never throws on bad input: `ec` is set instead.
+boost::json::value parse_python_json(std::string_view text, boost::system::error_code& ec);
+
+// A JSON number as a double (integers included); nullopt for anything else.
+std::optional<double> json_number(const boost::json::value& v);
+// A JSON integer that fits int64 (no fractional part, no exponent form);
+// nullopt for anything else.
+std::optional<std::int64_t> json_integer(const boost::json::value& v);
+
+// A 64-bit FNV-1a hash as 16 hex digits: short, stable fingerprints of long
+// file lists. Not cryptographic; only a change detector.
+class fingerprint_hash {
+ public:
+  void add(std::string_view bytes);
+  void add(std::uint64_t number);
+  std::string hex() const;
+
+ private:
+  std::uint64_t state_ = 0xcbf29ce484222325ull;
+};
+
+}  // namespace ckptd::watcher

@@ -1,0 +1,101 @@
+#include "layouts.hpp"
+
+#include <algorithm>
+#include <array>
+
+namespace ckptd::watcher {
+
+namespace {
+
+bool starts_with(std::string_view s, std::string_view prefix) {
+  return s.substr(0, prefix.size()) == prefix;
+}
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+}  // namespace
+
+// The order is the tie-break of choose_layout: earlier wins. Ties cannot
+// happen today (the specificities differ), the order only keeps the choice
+// deterministic should two ever be equal.
+const std::vector<const layout*>& all_layouts() {
+  static const std::vector<const layout*> layouts = {
+      &manifest_layout(),
+      &hf_trainer_layout(),
+      &llama_stack_torchtune_layout(),
+  };
+  return layouts;
+}
+
+// Which names are staging or temporary. They are never checkpoints, and the
+// engine does not descend into them.
+//
+//  - Names of in-progress saves that get renamed or deleted later:
+//    "tmp-checkpoint-*" (HF Trainer 4.36-4.38.1 and early-2025 dev builds),
+//    "*.orbax-checkpoint-tmp*" (Orbax, with or without a -<timestamp> or
+//    -<counter> suffix), "*-unfinished" (NeMo's marker file while saving).
+//  - Hidden names (a leading '.'). This covers ".nfs*" (NFS silly-renamed
+//    files of a deleted-but-open file), ".metadata.tmp" (DCP's staging of
+//    .metadata), rsync's and many editors' ".<name>.XXXXXX" temporaries, and
+//    folders such as .git, .cache, .ipynb_checkpoints and .Trash-<uid>. No
+//    trainer names a checkpoint with a leading dot. The one exception is
+//    ".metadata", the file DCP (torch.distributed.checkpoint, torchtitan,
+//    Megatron) renames into place LAST to complete a checkpoint: it is a
+//    completion marker, not staging.
+//  - Generic temporary suffixes ".tmp", ".partial", ".incomplete" (for
+//    example a manifest written as ckptd-checkpoint.json.tmp and renamed).
+//  - "", "." and "..", which are not names of anything.
+bool is_staging_name(std::string_view name) {
+  if (name.empty() || name == "." || name == "..") return true;
+  if (name == ".metadata") return false;
+  if (name.front() == '.') return true;
+  if (starts_with(name, "tmp-checkpoint-")) return true;
+  if (name.find(".orbax-checkpoint-tmp") != std::string_view::npos) return true;
+  static constexpr std::array<std::string_view, 4> staging_suffixes = {"-unfinished", ".tmp",
+                                                                       ".partial", ".incomplete"};
+  return std::any_of(staging_suffixes.begin(), staging_suffixes.end(),
+                     [name](std::string_view suffix) { return ends_with(name, suffix); });
+}
+
+// The specificity rule:
+//  1. A staging name (is_staging_name) belongs to no layout.
+//  2. A folder that directly holds a layout's marker_file() belongs to that
+//     layout, whatever its name: a marker is an explicit declaration by the
+//     writer, so it beats any guess from the name. Today the only marker is
+//     ckptd's manifest, which lets any trainer override ckptd's reading of
+//     its folder (a "checkpoint-400" holding a manifest is a manifest
+//     checkpoint). Among several markers, the highest specificity wins.
+//  3. Otherwise the layouts whose claims_name() accepts the name compete and
+//     the highest specificity() wins. Name patterns are disjoint by
+//     construction ("checkpoint-<digits>" cannot end in "-sft-<digits>"), so
+//     this only matters for future layouts.
+//  4. Equal specificities are broken by the order of all_layouts(): earlier
+//     wins.
+const layout* choose_layout(std::string_view name, bool is_dir,
+                            const std::vector<std::string>& direct_children) {
+  if (is_staging_name(name)) return nullptr;
+  const auto better = [](const layout* best, const layout* l) {
+    return best == nullptr || l->specificity() > best->specificity();
+  };
+  const layout* by_marker = nullptr;
+  if (is_dir) {
+    for (const auto* l : all_layouts()) {
+      const auto marker = l->marker_file();
+      if (marker.empty() || !better(by_marker, l)) continue;
+      if (std::find(direct_children.begin(), direct_children.end(), marker) !=
+          direct_children.end()) {
+        by_marker = l;
+      }
+    }
+  }
+  if (by_marker) return by_marker;
+  const layout* by_name = nullptr;
+  for (const auto* l : all_layouts()) {
+    if (better(by_name, l) && l->claims_name(name, is_dir)) by_name = l;
+  }
+  return by_name;
+}
+
+}  // namespace ckptd::watcher
