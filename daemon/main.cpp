@@ -1,10 +1,12 @@
 // ckptd: wiring. The store is opened first (a refused index stops everything
 // before a port is bound), the API serves what the index already holds, and
-// the watcher reconciles the index with the disk on its own thread; /readyz
-// turns 200 once that first reconcile is done.
+// the watcher reconciles the index with the disk on a thread of its own;
+// /readyz turns 200 and systemd hears READY=1 once that first reconcile is
+// done. SIGHUP re-reads the configuration; SIGTERM and SIGINT stop cleanly.
 
 #include "demo.hpp"
 #include "options.hpp"
+#include "service.hpp"
 
 #include <ckptd/api.hpp>
 #include <ckptd/log.hpp>
@@ -15,9 +17,13 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 
+#include <atomic>
 #include <csignal>
+#include <ctime>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -27,38 +33,103 @@ using namespace ckptd;
 
 namespace {
 
-// Re-reads one job from the index (one prefix scan) and hands it to the API.
-void publish_job(store::index& index, api::server& server, const std::string& uuid) {
-  auto job = index.find_job(uuid);
-  if (!job) {
-    log::error("cannot read job ", uuid, " from the index: ", job.error().message());
-    return;
-  }
-  if (!*job) {
-    server.forget(uuid);
-    return;
-  }
-  auto checkpoints = index.checkpoints(uuid);
-  if (!checkpoints) {
-    log::error("cannot read checkpoints of job ", uuid, ": ", checkpoints.error().message());
-    return;
-  }
-  server.publish(uuid, std::move(*checkpoints));
+// In-flight requests get this long to finish after SIGTERM.
+constexpr auto shutdown_grace = std::chrono::seconds(4);
+// systemd's STATUS= line is refreshed at most this often.
+constexpr auto status_interval = std::chrono::seconds(1);
+
+api::options api_options(const daemon::settings& s, std::vector<int> sockets) {
+  api::options o;
+  o.listen_host = s.listen_host;
+  o.listen_port = s.listen_port;
+  o.listen_fds = std::move(sockets);
+  o.rate_limit = s.rate_limit;
+  o.rate_burst = s.rate_burst;
+  return o;
 }
 
-int run(daemon::settings s) {
+watcher::options watcher_options(const daemon::settings& s) {
+  watcher::options o;
+  o.roots = s.watch;
+  o.jobs = s.jobs;
+  o.mode = s.watch_mode;
+  o.poll_interval = s.poll_interval;
+  o.max_depth = s.max_depth;
+  o.settle_time = s.settle_time;
+  o.rescan_interval = s.rescan_interval;
+  return o;
+}
+
+std::string clock_time_now() {
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  ::localtime_r(&now, &tm);
+  char text[16];
+  std::strftime(text, sizeof text, "%H:%M:%S", &tm);
+  return text;
+}
+
+// Keeps the API's copy of each job equal to the index, and systemd's STATUS=
+// line current. Runs on the watcher's thread.
+class publisher {
+ public:
+  publisher(store::index& index, api::server& server) : index_(index), server_(server) {}
+
+  // Re-reads one job from the index (one prefix scan) and hands it to the API.
+  void job_changed(const std::string& uuid) {
+    auto job = index_.find_job(uuid);
+    if (!job) {
+      log::error("cannot read job ", uuid, " from the index: ", job.error().message());
+      return;
+    }
+    if (!*job) {
+      server_.forget(uuid);
+      counts_.erase(uuid);
+    } else {
+      auto checkpoints = index_.checkpoints(uuid);
+      if (!checkpoints) {
+        log::error("cannot read checkpoints of job ", uuid, ": ", checkpoints.error().message());
+        return;
+      }
+      counts_[uuid] = checkpoints->size();
+      server_.publish(uuid, std::move(*checkpoints));
+    }
+    last_event_ = "job " + uuid + " changed at " + clock_time_now();
+    report_status(/*force=*/false);
+  }
+
+  void report_status(bool force) {
+    auto now = std::chrono::steady_clock::now();
+    if (!force && now - last_status_ < status_interval) return;
+    last_status_ = now;
+    std::size_t checkpoints = 0;
+    for (auto& [uuid, n] : counts_) checkpoints += n;
+    service::notify("STATUS=" + std::to_string(counts_.size()) + " jobs, " +
+                    std::to_string(checkpoints) + " checkpoints" +
+                    (last_event_.empty() ? "" : "; last: " + last_event_));
+  }
+
+ private:
+  store::index& index_;
+  api::server& server_;
+  std::map<std::string, std::size_t> counts_;
+  std::string last_event_;
+  std::chrono::steady_clock::time_point last_status_{};
+};
+
+int run(daemon::settings s, int argc, char** argv) {
   std::unique_ptr<daemon::demo_trainer> demo;
   if (s.demo_dir) {
     const std::filesystem::path dir = std::filesystem::absolute(*s.demo_dir);
     std::filesystem::create_directories(dir / "runs");
-    s.watch.push_back((dir / "runs").string());
+    s.watch.push_back({dir / "runs"});
     s.db = (dir / "db").string();
   }
 
   std::error_code ec;
   std::filesystem::create_directories(s.db, ec);
   auto opened =
-      store::index::open(s.db, [](std::string_view line) { log::warning("rocksdb: ", line); });
+      store::index::open(s.db, [](std::string_view line) { log::warning("index: ", line); });
   if (!opened) {
     log::error("cannot open the index in ", s.db, ": ", opened.error().message());
     return 1;
@@ -68,12 +139,7 @@ int run(daemon::settings s) {
   net::io_context http_ctx(1);
   net::io_context watch_ctx(1);
 
-  api::options api_opts;
-  api_opts.listen_host = s.listen_host;
-  api_opts.listen_port = s.listen_port;
-  api_opts.rate_limit = s.rate_limit;
-  api_opts.rate_burst = s.rate_burst;
-  api::server server(http_ctx, api_opts);
+  api::server server(http_ctx, api_options(s, service::activated_sockets()));
   try {
     server.start();
   } catch (const std::exception& e) {
@@ -82,22 +148,21 @@ int run(daemon::settings s) {
   }
 
   // Serve what the index holds while the watcher reconciles it with the disk.
+  publisher pub(index, server);
   if (auto jobs = index.jobs()) {
-    for (const auto& j : *jobs) publish_job(index, server, j.uuid);
+    for (const auto& j : *jobs) pub.job_changed(j.uuid);
   } else {
     log::error("cannot read jobs from the index: ", jobs.error().message());
   }
 
-  watcher::options watch_opts;
-  for (const auto& w : s.watch) watch_opts.roots.emplace_back(w);
-  for (const auto& [uuid, dir] : s.jobs) watch_opts.jobs.emplace_back(uuid, dir);
-  watch_opts.max_depth = s.max_depth;
-  watch_opts.settle_time = s.settle_time;
-  watch_opts.rescan_interval = s.rescan_interval;
   watcher::callbacks cb;
-  cb.on_job_changed = [&](const std::string& uuid) { publish_job(index, server, uuid); };
-  cb.on_reconciled = [&] { server.set_ready(true); };
-  watcher::watcher watch(watch_ctx, watch_opts, index, cb);
+  cb.on_job_changed = [&](const std::string& uuid) { pub.job_changed(uuid); };
+  cb.on_reconciled = [&] {
+    server.set_ready(true);
+    pub.report_status(/*force=*/true);
+    service::notify("READY=1");
+  };
+  watcher::watcher watch(watch_ctx, watcher_options(s), index, cb);
 
   int exit_code = 0;
   auto watch_work = net::make_work_guard(watch_ctx);
@@ -112,19 +177,92 @@ int run(daemon::settings s) {
   });
   std::thread watch_thread([&] { watch_ctx.run(); });
 
-  if (s.demo_dir) demo = std::make_unique<daemon::demo_trainer>(s.watch.back());
+  if (s.demo_dir) demo = std::make_unique<daemon::demo_trainer>(s.watch.back().path);
 
-  net::signal_set signals(http_ctx, SIGINT, SIGTERM);
-  signals.async_wait([&](boost::system::error_code error, int signal) {
-    if (error) return;
+  // Watchdog: pinged from the HTTP loop, and only while the watcher's loop
+  // shows it is turning too, so a stuck thread of either kind stops the pings.
+  std::atomic<std::int64_t> watcher_heartbeat{0};
+  auto steady_now = [] { return std::chrono::steady_clock::now().time_since_epoch().count(); };
+  net::steady_timer watchdog_timer(http_ctx);
+  net::steady_timer heartbeat_timer(watch_ctx);
+  std::function<void()> ping, beat;
+  if (auto interval = service::watchdog_interval()) {
+    auto period = std::chrono::duration_cast<std::chrono::steady_clock::duration>(*interval / 2);
+    beat = [&, period] {
+      watcher_heartbeat = steady_now();
+      heartbeat_timer.expires_after(period / 2);
+      heartbeat_timer.async_wait([&](boost::system::error_code e) {
+        if (!e) beat();
+      });
+    };
+    ping = [&, period, interval] {
+      if (steady_now() - watcher_heartbeat.load() <
+          std::chrono::steady_clock::duration(*interval).count())
+        service::notify("WATCHDOG=1");
+      watchdog_timer.expires_after(period);
+      watchdog_timer.async_wait([&](boost::system::error_code e) {
+        if (!e) ping();
+      });
+    };
+    net::post(watch_ctx, beat);
+    watcher_heartbeat = steady_now();
+    ping();
+  }
+
+  // SIGHUP: re-read the configuration; a bad one is refused, the old stays.
+  net::signal_set hangup(http_ctx, SIGHUP);
+  std::function<void()> on_hangup = [&] {
+    hangup.async_wait([&](boost::system::error_code e, int) {
+      if (e) return;
+      service::notify("RELOADING=1");
+      log::notice("SIGHUP: reloading the configuration");
+      daemon::settings fresh;
+      if (daemon::parse(argc, argv, fresh) != daemon::outcome::run) {
+        log::error("the new configuration is invalid; keeping the old one");
+      } else {
+        if (fresh.demo_dir) fresh.watch = s.watch;
+        if (fresh.listen_host != s.listen_host || fresh.listen_port != s.listen_port ||
+            (!fresh.demo_dir && fresh.db != s.db))
+          log::warning("listen and db changes take effect at the next restart");
+        log::set_threshold(fresh.log_level);
+        server.reconfigure(api_options(fresh, {}));
+        net::post(watch_ctx, [&watch, o = watcher_options(fresh)] { watch.reconfigure(o); });
+        s = fresh;
+        log::notice("configuration reloaded");
+      }
+      service::notify("READY=1");
+      on_hangup();
+    });
+  };
+  on_hangup();
+
+  net::signal_set terminate(http_ctx, SIGINT, SIGTERM);
+  net::steady_timer grace(http_ctx);
+  terminate.async_wait([&](boost::system::error_code e, int signal) {
+    if (e) return;
+    service::notify("STOPPING=1");
     log::notice("signal ", signal, ": stopping");
+    boost::system::error_code ignored;
+    hangup.cancel(ignored);
+    watchdog_timer.cancel();
     server.stop();
+    grace.expires_after(shutdown_grace);
+    grace.async_wait([&](boost::system::error_code g) {
+      if (g) return;
+      log::warning("connections still open after ", shutdown_grace.count(), " s; closing them");
+      http_ctx.stop();
+    });
   });
   ::signal(SIGPIPE, SIG_IGN);
 
+  // run() returns once the server, signals and timers have nothing left to do.
+  net::post(http_ctx, [&] {
+    // The grace timer must not keep the loop alive after a clean stop.
+  });
   http_ctx.run();
   demo.reset();
   net::post(watch_ctx, [&] {
+    heartbeat_timer.cancel();
     watch.stop();
     watch_work.reset();
   });
@@ -142,16 +280,13 @@ int run(daemon::settings s) {
 int main(int argc, char** argv) {
   daemon::settings s;
   switch (daemon::parse(argc, argv, s)) {
-    case daemon::outcome::exit_success:
-      return 0;
-    case daemon::outcome::exit_failure:
-      return 2;
-    case daemon::outcome::run:
-      break;
+    case daemon::outcome::exit_success: return 0;
+    case daemon::outcome::exit_failure: return 1;
+    case daemon::outcome::run: break;
   }
   log::set_threshold(s.log_level);
   try {
-    return run(std::move(s));
+    return run(std::move(s), argc, argv);
   } catch (const std::exception& e) {
     log::error("fatal: ", e.what());
     return 1;

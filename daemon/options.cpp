@@ -19,12 +19,18 @@ po::options_description describe() {
   d.add_options()
     ("help,h", "print this help and exit")
     ("version", "print the version and exit")
+    ("check-config", "validate the options (and the --config file) and exit: 0 if valid, 1 if not")
     ("config", po::value<std::string>()->value_name("FILE"),
      "read options from an INI file with the same names; the command line wins")
     ("watch", po::value<std::vector<std::string>>()->value_name("DIR"),
-     "every immediate subfolder of DIR is a job named after it (repeatable)")
+     "every immediate subfolder of DIR is a job named after it (repeatable); "
+     "DIR;mode=poll;interval=S sets this folder's own watch mode and interval")
     ("job", po::value<std::vector<std::string>>()->value_name("UUID=DIR"),
-     "DIR holds the checkpoints of job UUID directly (repeatable)")
+     "DIR holds the checkpoints of job UUID directly (repeatable; ;mode= and ;interval= as for --watch)")
+    ("watch-mode", po::value<std::string>()->value_name("MODE")->default_value("auto"),
+     "auto (poll NFS, Lustre, GPFS, CephFS, SMB and FUSE mounts; inotify elsewhere), inotify or poll")
+    ("poll-interval", po::value<double>()->value_name("SECONDS")->default_value(10),
+     "seconds between walks of a polled folder")
     ("db", po::value<std::string>()->value_name("DIR"),
      "folder of the RocksDB index (default: $STATE_DIRECTORY, else /var/lib/ckptd)")
     ("listen", po::value<std::string>()->value_name("HOST:PORT")->default_value("127.0.0.1:8321"),
@@ -68,6 +74,49 @@ bool parse_listen(const std::string& text, settings& out, std::string& why) {
   return true;
 }
 
+bool parse_mode(std::string_view text, watcher::watch_mode& out) {
+  if (text == "auto") out = watcher::watch_mode::automatic;
+  else if (text == "inotify") out = watcher::watch_mode::inotify;
+  else if (text == "poll") out = watcher::watch_mode::poll;
+  else return false;
+  return true;
+}
+
+// "DIR[;mode=MODE][;interval=SECONDS]"
+bool parse_folder(const std::string& text, watcher::folder& out, std::string& why) {
+  auto semi = text.find(';');
+  out.path = text.substr(0, semi);
+  if (out.path.empty()) {
+    why = "the folder is empty";
+    return false;
+  }
+  while (semi != std::string::npos) {
+    auto next = text.find(';', semi + 1);
+    std::string item = text.substr(semi + 1, next == std::string::npos ? next : next - semi - 1);
+    semi = next;
+    if (item.rfind("mode=", 0) == 0) {
+      watcher::watch_mode mode;
+      if (!parse_mode(item.substr(5), mode)) {
+        why = "mode must be auto, inotify or poll";
+        return false;
+      }
+      out.mode = mode;
+    } else if (item.rfind("interval=", 0) == 0) {
+      char* end = nullptr;
+      double seconds = std::strtod(item.c_str() + 9, &end);
+      if (*end != '\0' || !(seconds >= 0.1 && seconds <= 86400)) {
+        why = "interval must be from 0.1 to 86400 seconds";
+        return false;
+      }
+      out.poll_interval = std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000));
+    } else {
+      why = "unknown setting '" + item + "' (expected mode= or interval=)";
+      return false;
+    }
+  }
+  return true;
+}
+
 bool parse_job(const std::string& text, settings& out, std::string& why) {
   auto eq = text.find('=');
   if (eq == std::string::npos || eq == 0 || eq + 1 == text.size()) {
@@ -79,8 +128,30 @@ bool parse_job(const std::string& text, settings& out, std::string& why) {
     why = "a job UUID has no '/' and at most 256 bytes";
     return false;
   }
-  out.jobs.emplace_back(uuid, text.substr(eq + 1));
+  watcher::folder f;
+  if (!parse_folder(text.substr(eq + 1), f, why)) return false;
+  out.jobs.emplace_back(uuid, f);
   return true;
+}
+
+// The 1-based line of `file` where `key` is set ("key = value"), or 0.
+int config_line(const std::optional<std::string>& file, std::string_view key) {
+  if (!file) return 0;
+  std::ifstream in(*file);
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    auto start = line.find_first_not_of(" \t");
+    if (start == std::string::npos || line.compare(start, key.size(), key) != 0) continue;
+    auto rest = line.find_first_not_of(" \t", start + key.size());
+    if (rest != std::string::npos && line[rest] == '=') return number;
+  }
+  return 0;
+}
+
+// " (config FILE line N)" when the key was set in the config file.
+std::string where(const std::optional<std::string>& file, std::string_view key) {
+  int line = config_line(file, key);
+  return line == 0 ? std::string() : " (" + *file + " line " + std::to_string(line) + ")";
 }
 
 std::chrono::milliseconds seconds_option(double seconds) {
@@ -100,10 +171,28 @@ std::string default_db() {
 bool interpret(const po::variables_map& vm, settings& out) {
   std::string why;
   auto fail = [&](const char* option, const std::string& value) {
-    std::cerr << "ckptd: invalid --" << option << " '" << value << "': " << why << "\n";
+    std::cerr << "ckptd: invalid " << option << " '" << value << "'"
+              << where(out.config_file, option) << ": " << why << "\n";
     return false;
   };
-  if (vm.count("watch")) out.watch = vm["watch"].as<std::vector<std::string>>();
+  if (vm.count("watch")) {
+    for (const auto& w : vm["watch"].as<std::vector<std::string>>()) {
+      watcher::folder f;
+      if (!parse_folder(w, f, why)) return fail("watch", w);
+      out.watch.push_back(f);
+    }
+  }
+  const auto mode = vm["watch-mode"].as<std::string>();
+  if (!parse_mode(mode, out.watch_mode)) {
+    why = "expected auto, inotify or poll";
+    return fail("watch-mode", mode);
+  }
+  const double poll = vm["poll-interval"].as<double>();
+  if (!(poll >= 0.1 && poll <= 86400)) {
+    why = "must be from 0.1 to 86400 seconds";
+    return fail("poll-interval", std::to_string(poll));
+  }
+  out.poll_interval = seconds_option(poll);
   if (vm.count("job")) {
     for (const auto& j : vm["job"].as<std::vector<std::string>>()) {
       if (!parse_job(j, out, why)) return fail("job", j);
@@ -174,6 +263,7 @@ outcome parse(int argc, char** argv, settings& out) {
     }
     if (vm.count("config")) {
       const auto path = vm["config"].as<std::string>();
+      out.config_file = path;
       std::ifstream file(path);
       if (!file) {
         std::cerr << "ckptd: cannot read config file " << path << "\n";
@@ -183,11 +273,21 @@ outcome parse(int argc, char** argv, settings& out) {
       po::store(po::parse_config_file(file, description, /*allow_unregistered=*/false), vm);
     }
     po::notify(vm);
+  } catch (const po::error_with_option_name& e) {
+    std::string key = e.get_option_name();
+    key.erase(0, key.find_first_not_of('-'));
+    std::cerr << "ckptd: " << e.what() << where(out.config_file, key) << " (see --help)\n";
+    return outcome::exit_failure;
   } catch (const po::error& e) {
     std::cerr << "ckptd: " << e.what() << " (see --help)\n";
     return outcome::exit_failure;
   }
-  return interpret(vm, out) ? outcome::run : outcome::exit_failure;
+  if (!interpret(vm, out)) return outcome::exit_failure;
+  if (vm.count("check-config")) {
+    std::cout << "ckptd: configuration is valid\n";
+    return outcome::exit_success;
+  }
+  return outcome::run;
 }
 
 }  // namespace ckptd::daemon

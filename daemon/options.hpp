@@ -4,6 +4,7 @@
 // ("watch = /data/runs", "rate-limit = 20"). The command line wins.
 
 #include <ckptd/log.hpp>
+#include <ckptd/watcher.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -15,10 +16,16 @@
 namespace ckptd::daemon {
 
 struct settings {
-  // Folders whose immediate subfolders are jobs. Default: none.
-  std::vector<std::string> watch;
-  // Jobs given directly: (job_uuid, folder). Default: none.
-  std::vector<std::pair<std::string, std::string>> jobs;
+  // Folders whose immediate subfolders are jobs, each optionally with its own
+  // mode and polling interval ("DIR;mode=poll;interval=30"). Default: none.
+  std::vector<watcher::folder> watch;
+  // Jobs given directly: (job_uuid, folder), "UUID=DIR[;mode=..][;interval=..]".
+  // Default: none.
+  std::vector<std::pair<std::string, watcher::folder>> jobs;
+  // auto (poll network and FUSE filesystems), inotify or poll. Default: auto.
+  watcher::watch_mode watch_mode = watcher::watch_mode::automatic;
+  // Seconds between walks of a polled folder. Default: 10 s.
+  std::chrono::milliseconds poll_interval{10000};
   // Where the RocksDB index lives. Default: $STATE_DIRECTORY (set by systemd's
   // StateDirectory=), else /var/lib/ckptd.
   std::string db;
@@ -39,12 +46,15 @@ struct settings {
   log::level log_level = log::level::info;
   // --demo DIR: run a simulated training job in DIR and watch it. Default: off.
   std::optional<std::string> demo_dir;
+  // The --config file the settings came from, if any (SIGHUP re-reads it).
+  std::optional<std::string> config_file;
 };
 
 enum class outcome { run, exit_success, exit_failure };
 
 // Parses argv (and the --config file it names) into `out`. Prints --help,
-// --version and errors (naming the option or key) itself.
+// --version and errors itself, naming the option, or the key and line of the
+// config file. --check-config validates and exits: success or failure.
 outcome parse(int argc, char** argv, settings& out);
 
 }  // namespace ckptd::daemon

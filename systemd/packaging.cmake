@@ -65,10 +65,11 @@ set(CPACK_PACKAGE_CONTACT "ckptd maintainers <ckptd@localhost>")
 set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "checkpoint index of fine-tuning jobs, served over HTTP")
 set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
 set(CPACK_GENERATOR DEB)
-# Install into a staging DESTDIR with the real prefix, so the install script
-# above sees /usr and puts the units and config where Debian expects them.
+# Stage with DESTDIR and the real prefix, so that the install script above
+# sees /usr and puts the units and config where Debian expects them.
+set(CPACK_SET_DESTDIR ON)
+set(CPACK_INSTALL_PREFIX /usr)
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
-set(CPACK_SET_DESTDIR OFF)
 set(CPACK_STRIP_FILES ON)
 set(CPACK_SOURCE_IGNORE_FILES "/\\\\.git/" "/build[^/]*/" "/bench/work/")
 

@@ -28,6 +28,7 @@
 #include <fcntl.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -127,6 +128,28 @@ std::vector<dir_entry> list_dir(const std::string& path, int& error) {
   return out;
 }
 
+// Filesystems where inotify misses other hosts' writes (statfs f_type).
+std::string_view remote_filesystem_name(const std::string& path) {
+  struct statfs st {};
+  if (::statfs(path.c_str(), &st) != 0) return {};
+  switch (static_cast<std::uint32_t>(st.f_type)) {
+    case 0x6969u: return "nfs";
+    case 0x0BD00BD0u: return "lustre";
+    case 0x47504653u: return "gpfs";
+    case 0xFF534D42u: return "cifs";
+    case 0xFE534D42u: return "smb2";
+    case 0x517Bu: return "smb";
+    case 0x65735546u: return "fuse";
+    case 0x00C36400u: return "ceph";
+    case 0x01021997u: return "9p";
+    case 0x5346414Fu: return "afs";
+    case 0x6B414653u: return "afs";
+    case 0x013111A8u: return "ibrix";
+    case 0x0BD00BD1u: return "lustre";
+    default: return {};
+  }
+}
+
 std::uint64_t read_proc_number(const char* path) {
   std::ifstream in(path);
   std::uint64_t value = 0;
@@ -156,13 +179,66 @@ class watcher::impl {
     log::info("inotify: up to ", max_watches_, " watches per user (fs.inotify.max_user_watches)");
 
     load_known();
-    for (const auto& root : opts_.roots) add_root(resolve(root));
-    for (const auto& [uuid, dir] : opts_.jobs) add_job(uuid, resolve(dir), /*root=*/"");
+    for (const auto& root : opts_.roots) add_root(resolve(root.path), how_to_follow(root));
+    for (const auto& [uuid, f] : opts_.jobs) {
+      auto dir = resolve(f.path);
+      add_job(uuid, dir, /*root=*/"", how_to_follow(f, dir));
+    }
     drop_jobs_not_configured();
     enqueue({task::reconciled, "", "", 0});
     read_events();
     arm_rescan_timer();
     pump();
+  }
+
+  void reconfigure(options opts) {
+    const bool depth_changed = opts.max_depth != opts_.max_depth;
+    std::map<std::string, folder> new_roots;
+    for (const auto& r : opts.roots) new_roots[resolve(r.path)] = r;
+    std::map<std::string, std::pair<std::string, folder>> new_jobs;  // uuid -> dir, --job only
+    for (const auto& [uuid, f] : opts.jobs) new_jobs[uuid] = {resolve(f.path), f};
+    opts_ = std::move(opts);
+
+    // Roots no longer configured: their jobs go.
+    for (std::size_t i = 0; i < roots_.size();) {
+      if (new_roots.contains(roots_[i].path)) {
+        new_roots.erase(roots_[i].path);
+        ++i;
+        continue;
+      }
+      log::notice("no longer watching ", roots_[i].path);
+      std::vector<std::string> gone;
+      for (auto& [uuid, js] : jobs_) {
+        if (js.root == roots_[i].path) gone.push_back(uuid);
+      }
+      for (auto& uuid : gone) remove_job(uuid);
+      if (roots_[i].wd >= 0) {
+        ::inotify_rm_watch(inotify_.native_handle(), roots_[i].wd);
+        nodes_.erase(roots_[i].wd);
+        wd_by_path_.erase(roots_[i].path);
+      }
+      roots_.erase(roots_.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+    // --job entries no longer configured, or moved.
+    std::vector<std::string> gone;
+    for (auto& [uuid, js] : jobs_) {
+      if (!js.root.empty()) continue;
+      auto it = new_jobs.find(uuid);
+      if (it == new_jobs.end() || it->second.first != js.dir) gone.push_back(uuid);
+    }
+    for (auto& uuid : gone) remove_job(uuid);
+    for (auto& [root, f] : new_roots) {
+      log::notice("now watching ", root);
+      add_root(root, how_to_follow(f));
+    }
+    for (auto& [uuid, entry] : new_jobs) {
+      if (!jobs_.contains(uuid)) add_job(uuid, entry.first, /*root=*/"", how_to_follow(entry.second, entry.first));
+    }
+    if (depth_changed) rescan_all();
+    rescan_timer_.cancel();
+    arm_rescan_timer();
+    flush();
+    schedule_pump();
   }
 
   void stop() {
@@ -176,9 +252,18 @@ class watcher::impl {
  private:
   // ---- state ---------------------------------------------------------------
 
+  // How one folder (a root or a --job folder) is followed.
+  struct follow {
+    bool polled = false;
+    std::chrono::milliseconds interval{0};
+  };
+
   struct watch_root {
     std::string path;
-    int wd = -1;  // -1 while the root is missing or unwatchable
+    follow how;
+    int wd = -1;            // inotify watch; -1 when polled, missing or unwatchable
+    bool attached = false;  // its jobs have been listed
+    std::shared_ptr<net::steady_timer> poll_timer;
   };
 
   struct node {
@@ -187,12 +272,23 @@ class watcher::impl {
     int depth = 0;    // 0 = the job folder itself
   };
 
+  // What a candidate looked like when last judged: a hash of its listing
+  // (names, sizes, mtimes) and the verdict. An unchanged listing is not read
+  // again, so an event next to a finished checkpoint costs a listing only.
+  struct memo {
+    std::uint64_t listing_hash = 0;
+    state verdict = state::incomplete;
+  };
+
   struct job_state {
     std::string uuid;
     std::string dir;
     std::string root;                                // watch root it came from; empty for --job
     std::map<std::string, store::checkpoint> known;  // by path, equal to the store
     std::set<std::string> seen_in_scan;              // candidates judged during a reconcile
+    std::map<std::string, memo> memos;               // candidate -> last judgement
+    follow how;
+    std::shared_ptr<net::steady_timer> poll_timer;
     bool scanning = false;
     bool incomplete_watch = false;  // some folder could not be watched
   };
@@ -262,35 +358,82 @@ class watcher::impl {
     return (ec ? std::filesystem::absolute(p).lexically_normal() : resolved).string();
   }
 
-  void add_root(const std::string& root) {
-    watch_root r{root, -1};
-    roots_.push_back(r);
-    attach_root(roots_.size() - 1);
+  // Polling or inotify for a configured folder, by its mode or, in automatic
+  // mode, by the filesystem it sits on.
+  follow how_to_follow(const folder& f, std::string resolved = {}) const {
+    if (resolved.empty()) resolved = resolve(f.path);
+    follow how;
+    how.interval = f.poll_interval.value_or(opts_.poll_interval);
+    switch (f.mode.value_or(opts_.mode)) {
+      case watch_mode::poll: how.polled = true; break;
+      case watch_mode::inotify: how.polled = false; break;
+      case watch_mode::automatic: {
+        auto fs = remote_filesystem_name(resolved);
+        how.polled = !fs.empty();
+        if (how.polled)
+          log::notice(resolved, " is on ", fs, ", where inotify misses other hosts' writes: polling it every ",
+                      how.interval.count() / 1000.0, " s");
+        break;
+      }
+    }
+    return how;
   }
 
-  // Watches a root and adds every subfolder as a job. A missing root is
-  // retried by the rescan timer.
+  void add_root(const std::string& root, follow how) {
+    watch_root r;
+    r.path = root;
+    r.how = how;
+    roots_.push_back(std::move(r));
+    attach_root(roots_.size() - 1);
+    if (how.polled) arm_root_poll(roots_.size() - 1);
+  }
+
+  // Watches a root (unless polled) and adds every subfolder as a job. A
+  // missing root is retried by the rescan timer.
   void attach_root(std::size_t i) {
     auto& r = roots_[i];
-    int wd = ::inotify_add_watch(inotify_.native_handle(), r.path.c_str(), root_mask);
-    if (wd < 0) {
-      if (errno == ENOSPC) {
-        log_watch_limit();
+    if (!r.how.polled) {
+      int wd = ::inotify_add_watch(inotify_.native_handle(), r.path.c_str(), root_mask);
+      if (wd < 0) {
+        if (errno == ENOSPC) {
+          log_watch_limit();
+        } else {
+          note_problem(r.path, std::string("cannot watch this root: ") + std::strerror(errno) +
+                                   "; retrying every " +
+                                   std::to_string(opts_.rescan_interval.count() / 1000) + " s");
+          return;
+        }
       } else {
-        log::warning("cannot watch ", r.path, ": ", std::strerror(errno), "; retrying every ",
-                     opts_.rescan_interval.count() / 1000, " s");
-        return;
+        r.wd = wd;
+        nodes_[wd] = node{r.path, "", -1};
+        wd_by_path_[r.path] = wd;
       }
-    } else {
-      r.wd = wd;
-      nodes_[wd] = node{r.path, "", -1};
-      wd_by_path_[r.path] = wd;
+    } else if (!is_dir_nofollow(r.path)) {
+      note_problem(r.path, "watch root does not exist (yet)");
+      return;
     }
+    r.attached = true;
+    problems_logged_.erase(r.path);
     int error = 0;
     for (auto& e : list_dir(r.path, error)) {
-      if (e.is_dir && is_job_name(e.name)) add_job(e.name, r.path + "/" + e.name, r.path);
+      if (e.is_dir && is_job_name(e.name)) add_job(e.name, r.path + "/" + e.name, r.path, r.how);
     }
     if (error != 0) log::warning("cannot list ", r.path, ": ", std::strerror(error));
+  }
+
+  void arm_root_poll(std::size_t i) {
+    auto& r = roots_[i];
+    if (!r.poll_timer) r.poll_timer = std::make_shared<net::steady_timer>(ctx_);
+    r.poll_timer->expires_after(r.how.interval);
+    r.poll_timer->async_wait([this, path = r.path](boost::system::error_code ec) {
+      if (ec || stopped_) return;
+      for (std::size_t k = 0; k < roots_.size(); ++k) {
+        if (roots_[k].path != path) continue;
+        rescan_root(k);
+        flush();
+        arm_root_poll(k);
+      }
+    });
   }
 
   static bool is_job_name(std::string_view name) {
@@ -298,7 +441,8 @@ class watcher::impl {
   }
 
   // Makes `uuid` a job at `dir`, records it, and queues its scan.
-  void add_job(const std::string& uuid, const std::string& dir, const std::string& root) {
+  void add_job(const std::string& uuid, const std::string& dir, const std::string& root,
+               follow how) {
     auto [it, inserted] = jobs_.try_emplace(uuid);
     auto& js = it->second;
     if (!inserted && js.scanning && js.dir == dir) return;
@@ -316,6 +460,7 @@ class watcher::impl {
       js.dir = dir;
     }
     js.root = root;
+    js.how = how;
     store::job record{uuid, dir, now_ns()};
     if (auto found = index_.find_job(uuid); found && *found && (*found)->dir == dir) {
       record.first_seen_ns = (*found)->first_seen_ns;
@@ -329,6 +474,7 @@ class watcher::impl {
     if (it == jobs_.end()) return;
     unwatch_subtree(it->second.dir);
     forget_settling(it->second.dir);
+    if (it->second.poll_timer) it->second.poll_timer->cancel();
     jobs_.erase(it);
     auto& change = pending_for(uuid);
     change = store::job_change{};
@@ -352,6 +498,7 @@ class watcher::impl {
   // Adds (or refreshes) the watch of a folder inside a job. False when it
   // could not be watched; the folder is then covered by periodic rescans.
   bool watch_dir(const std::string& path, const std::string& job, int depth) {
+    if (auto it = jobs_.find(job); it != jobs_.end() && it->second.how.polled) return true;
     int wd = ::inotify_add_watch(inotify_.native_handle(), path.c_str(), dir_mask);
     if (wd < 0) {
       if (errno == ENOSPC) {
@@ -477,10 +624,10 @@ class watcher::impl {
     auto entries = list_dir(dir, error);
     if (error != 0 && error != ENOENT)
       log::warning("cannot list ", dir, ": ", std::strerror(error));
-    std::vector<task> follow;
+    std::vector<task> next;
     if (depth > 0 && has_manifest(entries)) {
       watch_candidate_interior(job, dir, depth);
-      follow.push_back({task::evaluate, job, dir, 0});
+      next.push_back({task::evaluate, job, dir, 0});
     } else {
       for (auto& e : entries) {
         if (is_staging_name(e.name) || (e.name.front() == '.' && e.is_dir)) continue;
@@ -488,16 +635,16 @@ class watcher::impl {
         if (claimed_by_name(e.name, e.is_dir)) {
           if (depth + 1 > opts_.max_depth) continue;
           if (e.is_dir) watch_candidate_interior(job, path, depth + 1);
-          follow.push_back({task::evaluate, job, path, 0});
+          next.push_back({task::evaluate, job, path, 0});
         } else if (e.is_dir && depth + 1 <= opts_.max_depth) {
           // Watch first, list later (when the task runs): nothing slips between.
           watch_dir(path, job, depth + 1);
-          follow.push_back({task::scan_dir, job, path, depth + 1});
+          next.push_back({task::scan_dir, job, path, depth + 1});
         }
       }
     }
     // Depth-first keeps the queue as small as the tree is deep.
-    for (auto it = follow.rbegin(); it != follow.rend(); ++it) tasks_.push_front(std::move(*it));
+    for (auto it = next.rbegin(); it != next.rend(); ++it) tasks_.push_front(std::move(*it));
   }
 
   static bool has_manifest(const std::vector<dir_entry>& entries) {
@@ -516,6 +663,7 @@ class watcher::impl {
   // Watches a checkpoint folder and the folders inside it, before it is read,
   // so a file landing meanwhile raises an event.
   void watch_candidate_interior(const std::string& job, const std::string& dir, int depth) {
+    if (auto it = jobs_.find(job); it != jobs_.end() && it->second.how.polled) return;
     watch_dir(dir, job, depth);
     std::vector<std::pair<std::string, int>> stack{{dir, 0}};
     while (!stack.empty()) {
@@ -544,6 +692,21 @@ class watcher::impl {
     }
     js.seen_in_scan.clear();
     for (auto& path : unconfirmed) evaluate(uuid, path);
+    if (js.how.polled) arm_job_poll(uuid);
+  }
+
+  // A polled job is walked again every interval: the same scan as at start,
+  // where unchanged listings cost no reads (see memo).
+  void arm_job_poll(const std::string& uuid) {
+    auto& js = jobs_.at(uuid);
+    if (!js.poll_timer) js.poll_timer = std::make_shared<net::steady_timer>(ctx_);
+    js.poll_timer->expires_after(js.how.interval);
+    js.poll_timer->async_wait([this, uuid](boost::system::error_code ec) {
+      if (ec || stopped_) return;
+      auto it = jobs_.find(uuid);
+      if (it == jobs_.end() || it->second.scanning) return;
+      enqueue({task::scan_job, uuid, it->second.dir, 0});
+    });
   }
 
   // ---- judging candidates ---------------------------------------------------
@@ -555,7 +718,7 @@ class watcher::impl {
     auto& js = it->second;
     if (js.scanning) js.seen_in_scan.insert(path);
 
-    auto verdict = judge(path);
+    auto verdict = judge(js, path);
     auto known = js.known.find(path);
     if (verdict.verdict == state::settling) {
       if (!settled(path, verdict)) return;  // judged again when its quiet time is over
@@ -596,16 +759,58 @@ class watcher::impl {
     pending_for(uuid).upserts.push_back(std::move(cp));
   }
 
-  recognition judge(const std::string& path) {
+  // The layout's verdict on a candidate, or the remembered one when its
+  // listing has not changed since (no file is read then).
+  recognition judge(job_state& js, const std::string& path) {
     auto view = view_from_disk(path, candidate_inner_depth);
-    if (!view) return {};
+    if (!view) {
+      js.memos.erase(path);
+      return {};
+    }
+    std::uint64_t hash = listing_hash(*view);
+    auto memo_it = js.memos.find(path);
+    if (memo_it != js.memos.end() && memo_it->second.listing_hash == hash) {
+      auto known = js.known.find(path);
+      if (memo_it->second.verdict == state::incomplete) return {};
+      if (memo_it->second.verdict == state::complete && known != js.known.end())
+        return remembered(known->second);
+    }
     std::vector<std::string> children;
     for (const auto& f : view->files()) {
       if (!f.rel.empty() && f.rel.find('/') == std::string::npos) children.push_back(f.rel);
     }
     const layout* l = choose_layout(view->name(), view->is_dir(), children);
-    if (l == nullptr) return {};
-    return l->recognise(*view);
+    recognition verdict = l == nullptr ? recognition{} : l->recognise(*view);
+    js.memos[path] = memo{hash, verdict.verdict};
+    return verdict;
+  }
+
+  // FNV-1a over names, kinds, sizes and mtimes of everything in the view.
+  static std::uint64_t listing_hash(const candidate_view& view) {
+    std::uint64_t h = 1469598103934665603ull;
+    auto mix = [&h](const void* data, std::size_t n) {
+      auto* p = static_cast<const unsigned char*>(data);
+      for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+    };
+    for (const auto& f : view.files()) {
+      mix(f.rel.data(), f.rel.size() + 1);
+      mix(&f.is_dir, sizeof f.is_dir);
+      mix(&f.size, sizeof f.size);
+      mix(&f.mtime_ns, sizeof f.mtime_ns);
+    }
+    return h;
+  }
+
+  static recognition remembered(const store::checkpoint& cp) {
+    recognition r;
+    r.verdict = state::complete;
+    r.identifier = cp.identifier;
+    r.epoch = cp.epoch;
+    r.step = cp.step;
+    r.metrics = cp.metrics;
+    r.completed_at_ns = cp.created_at_ns;
+    r.fingerprint = cp.fingerprint;
+    return r;
   }
 
   // Quiet-time rule for layouts without a completion marker: complete once
@@ -833,6 +1038,8 @@ class watcher::impl {
 
   void drop_known_under(const std::string& uuid, const std::string& dir) {
     auto& js = jobs_[uuid];
+    for (auto m = js.memos.lower_bound(dir); m != js.memos.end() && within(m->first, dir);)
+      m = js.memos.erase(m);
     auto it = js.known.lower_bound(dir);
     while (it != js.known.end() && within(it->first, dir)) {
       log::info("checkpoint ", it->first, " of job ", uuid, " is gone");
@@ -842,26 +1049,34 @@ class watcher::impl {
     forget_settling(dir);
   }
 
+  // A watch root vanished (deleted, moved away): its jobs go until it returns.
+  void root_gone(const std::string& path) {
+    log::warning("watch root ", path, " is gone; its jobs are dropped until it returns");
+    std::vector<std::string> gone;
+    for (auto& [uuid, js] : jobs_) {
+      if (js.root == path) gone.push_back(uuid);
+    }
+    for (auto& uuid : gone) remove_job(uuid);
+    for (auto& r : roots_) {
+      if (r.path == path) {
+        r.wd = -1;
+        r.attached = false;
+      }
+    }
+    unwatch_subtree(path);
+  }
+
   void handle_root_event(const node& root, std::uint32_t mask, const std::string& name,
                          bool is_dir) {
     if (mask & (IN_DELETE_SELF | IN_MOVE_SELF)) {
-      log::warning("watch root ", root.path, " is gone; its jobs are dropped until it returns");
-      std::vector<std::string> gone;
-      for (auto& [uuid, js] : jobs_) {
-        if (js.root == root.path) gone.push_back(uuid);
-      }
-      for (auto& uuid : gone) remove_job(uuid);
-      for (auto& r : roots_) {
-        if (r.path == root.path) r.wd = -1;
-      }
-      unwatch_subtree(root.path);
+      root_gone(root.path);
       return;
     }
     if (!is_dir || !is_job_name(name)) return;
     std::string dir = root.path + "/" + name;
     if (mask & (IN_CREATE | IN_MOVED_TO)) {
       log::info("job ", name, " appeared at ", dir);
-      add_job(name, dir, root.path);
+      add_job(name, dir, root.path, follow{});  // roots with events are not polled
     } else if (mask & (IN_DELETE | IN_MOVED_FROM)) {
       auto it = jobs_.find(name);
       if (it != jobs_.end() && it->second.dir == dir) remove_job(name);
@@ -891,10 +1106,14 @@ class watcher::impl {
   // Picks up jobs a root gained or lost without an event reaching us.
   void rescan_root(std::size_t i) {
     auto& r = roots_[i];
-    if (r.wd < 0) {
+    if (!r.attached) {
       if (!is_dir_nofollow(r.path)) return;
-      log::notice("watch root ", r.path, " is back");
+      log::notice("watch root ", r.path, " is there; following it");
       attach_root(i);
+      return;
+    }
+    if (r.how.polled && !is_dir_nofollow(r.path)) {
+      root_gone(r.path);
       return;
     }
     int error = 0;
@@ -904,7 +1123,7 @@ class watcher::impl {
       present.insert(e.name);
       auto it = jobs_.find(e.name);
       if (it == jobs_.end() || it->second.dir != r.path + "/" + e.name) {
-        add_job(e.name, r.path + "/" + e.name, r.path);
+        add_job(e.name, r.path + "/" + e.name, r.path, r.how);
       }
     }
     std::vector<std::string> gone;
@@ -919,10 +1138,10 @@ class watcher::impl {
     rescan_timer_.async_wait([this](boost::system::error_code ec) {
       if (ec || stopped_) return;
       for (std::size_t i = 0; i < roots_.size(); ++i) {
-        if (roots_[i].wd < 0) rescan_root(i);
+        if (!roots_[i].attached) rescan_root(i);
       }
       for (auto& [uuid, js] : jobs_) {
-        bool missing = js.root.empty() && !wd_by_path_.contains(js.dir);
+        bool missing = js.root.empty() && !js.how.polled && !wd_by_path_.contains(js.dir);
         if ((js.incomplete_watch || missing) && !js.scanning)
           enqueue({task::scan_job, uuid, js.dir, 0});
       }
@@ -940,5 +1159,7 @@ watcher::~watcher() = default;
 void watcher::start() { impl_->start(); }
 
 void watcher::stop() { impl_->stop(); }
+
+void watcher::reconfigure(options opts) { impl_->reconfigure(std::move(opts)); }
 
 }  // namespace ckptd::watcher

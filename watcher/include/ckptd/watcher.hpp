@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,11 +32,31 @@ class io_context;
 
 namespace ckptd::watcher {
 
+// How a folder is followed. inotify sees only changes made through this
+// machine's kernel: on NFS, Lustre, GPFS, CephFS, SMB and FUSE mounts, where
+// other hosts write, it stays silent, so such folders are polled.
+enum class watch_mode {
+  automatic,  // poll network and FUSE filesystems (statfs magic), inotify elsewhere
+  inotify,
+  poll,
+};
+
+// A watched folder and, optionally, its own mode and polling interval.
+struct folder {
+  std::filesystem::path path;
+  std::optional<watch_mode> mode;                       // unset: options::mode
+  std::optional<std::chrono::milliseconds> poll_interval;  // unset: options::poll_interval
+};
+
 struct options {
   // --watch DIR: every immediate subfolder of DIR is a job named after it.
-  std::vector<std::filesystem::path> roots;
+  std::vector<folder> roots;
   // --job UUID=DIR: DIR holds one job's checkpoints directly.
-  std::vector<std::pair<std::string, std::filesystem::path>> jobs;
+  std::vector<std::pair<std::string, folder>> jobs;
+  // Default: automatic.
+  watch_mode mode = watch_mode::automatic;
+  // How often a polled folder is walked. Default: 10 s.
+  std::chrono::milliseconds poll_interval{10000};
   // How many folder levels below a job folder are watched and searched for
   // checkpoints. Default: 4.
   int max_depth = 4;
@@ -67,6 +88,11 @@ class watcher {
   void start();
   // Cancels pending work and closes inotify. Callbacks are not called after.
   void stop();
+
+  // Applies new options to a running watcher (SIGHUP): roots and jobs no
+  // longer named are dropped with their checkpoints, new ones are scanned,
+  // the rest keep their watches. A changed max_depth rescans every job.
+  void reconfigure(options opts);
 
  private:
   class impl;
