@@ -798,6 +798,12 @@ BOOST_AUTO_TEST_CASE(server_rate_limits_with_retry_after, *boost::unit_test::tim
     BOOST_TEST((retry_after - 1) * 1000 < retry_after_ms);
     BOOST_TEST(limited.keep_alive());
   }
+  // HEAD gets the headers only; the connection stays in step.
+  c.send("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto head = c.read(/*head=*/true);
+  BOOST_TEST(head.result_int() == 429);
+  BOOST_TEST(head.body().empty());
+  BOOST_TEST(c.get("/healthz").result_int() == 429);
   // A second connection from the same address shares the bucket.
   client other(s.srv.port());
   BOOST_TEST(other.get("/healthz").result_int() == 429);

@@ -128,7 +128,7 @@ BOOST_AUTO_TEST_CASE(rate_limit_answers_429_with_retry_after) {
 // The "done when": a 3-epoch Hugging Face run with evaluation and
 // save_total_limit=2 shows exactly the surviving checkpoints, with correct
 // metrics, during and after the run, and after a restart.
-BOOST_AUTO_TEST_CASE(hugging_face_run_with_rotation_during_after_and_across_restart) {
+void hugging_face_run_with_rotation(const std::vector<std::string>& mode_args) {
   temp_dir dir;
   const auto job_dir = dir / "runs" / "hf-job";
   std::filesystem::create_directories(job_dir);
@@ -137,7 +137,7 @@ BOOST_AUTO_TEST_CASE(hugging_face_run_with_rotation_during_after_and_across_rest
       {.steps_per_epoch = 40, .save_total_limit = 2, .with_eval = true, .logging_steps = 10});
   std::map<std::string, std::string> created_at;  // identifier -> created_at
   {
-    watched_daemon d(dir);
+    watched_daemon d(dir, mode_args);
     const auto port = d.port();
     for (std::int64_t step = 20; step <= 120; step += 20) {
       run.begin_save(step);
@@ -189,7 +189,7 @@ BOOST_AUTO_TEST_CASE(hugging_face_run_with_rotation_during_after_and_across_rest
   }
   {
     // A restart serves the same checkpoints with the same created_at.
-    watched_daemon d(dir);
+    watched_daemon d(dir, mode_args);
     auto list = checkpoints_of(d.port(), "hf-job");
     BOOST_TEST(list.size() == 2u);
     for (auto& value : list) {
@@ -199,6 +199,14 @@ BOOST_AUTO_TEST_CASE(hugging_face_run_with_rotation_during_after_and_across_rest
     }
     BOOST_TEST(d.process.stop() == 0);
   }
+}
+
+BOOST_AUTO_TEST_CASE(hugging_face_run_with_rotation_inotify) {
+  hugging_face_run_with_rotation({"--watch-mode", "inotify"});
+}
+
+BOOST_AUTO_TEST_CASE(hugging_face_run_with_rotation_polling) {
+  hugging_face_run_with_rotation({"--watch-mode", "poll", "--poll-interval", "0.2"});
 }
 
 BOOST_AUTO_TEST_CASE(restart_reconciles_changes_made_while_down) {
@@ -261,12 +269,12 @@ BOOST_AUTO_TEST_CASE(kill_9_loses_nothing) {
   BOOST_TEST(d.process.stop() == 0);
 }
 
-BOOST_AUTO_TEST_CASE(torchtune_folder_counts_only_with_weights_and_after_quiet_time) {
+void torchtune_folder_counts_only_with_weights_and_after_quiet_time(const std::string& mode) {
   temp_dir dir;
   const auto root = dir / "tt";
   std::filesystem::create_directories(root);
-  daemon_process d(
-      {"--job", "tt-job=" + root.string(), "--db", (dir / "db").string(), "--settle-time", "0.5"});
+  daemon_process d({"--job", "tt-job=" + root.string() + ";mode=" + mode + ";interval=0.2",
+                    "--db", (dir / "db").string(), "--settle-time", "0.5"});
   BOOST_TEST_REQUIRE(eventually([&] { return ready(d.port()); }));
   torchtune_run run(root);
   run.begin_epoch("Llama3.2-3B-Instruct", 0);
@@ -284,6 +292,56 @@ BOOST_AUTO_TEST_CASE(torchtune_folder_counts_only_with_weights_and_after_quiet_t
   run.finish_epoch();
   BOOST_TEST(eventually([&] { return checkpoints_of(d.port(), "tt-job").size() == 2u; }, 5s));
   BOOST_TEST(d.stop() == 0);
+}
+
+// kill -9 at arbitrary moments of a run: after each restart the index equals
+// what a fresh daemon with an empty index finds on the same disk, and no
+// created_at of a known checkpoint changed.
+BOOST_AUTO_TEST_CASE(crash_during_a_run_loses_and_invents_nothing) {
+  temp_dir dir;
+  const auto job_dir = dir / "runs" / "job";
+  std::filesystem::create_directories(job_dir);
+  hf_run run(job_dir, {.steps_per_epoch = 30, .save_total_limit = 3});
+  std::map<std::string, std::string> first_created_at;  // identifier -> created_at
+  std::int64_t step = 0;
+  for (int round = 0; round < 6; ++round) {
+    {
+      daemon_process d({"--watch", (dir / "runs").string(), "--db", (dir / "db").string()});
+      // Saves land while the daemon starts and reconciles; the kill comes mid-flight.
+      for (int i = 0; i < 2 + round % 3; ++i) {
+        step += 10;
+        run.begin_save(step);
+        if (round % 2 == 1 && i == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20 * round));
+        run.finish_save();
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(15 * round));
+      d.kill9();
+    }
+    watched_daemon restarted(dir);
+    temp_dir fresh_db;
+    daemon_process fresh({"--watch", (dir / "runs").string(), "--db", (fresh_db / "db").string()});
+    BOOST_TEST_REQUIRE(eventually([&] { return ready(fresh.port()); }));
+    auto a = get(restarted.port(), artifacts_target("job"));
+    auto b = get(fresh.port(), artifacts_target("job"));
+    BOOST_TEST(a.status == 200);
+    BOOST_TEST(a.body == b.body, "round " << round);
+    for (auto& c : checkpoints_of(restarted.port(), "job")) {
+      auto& o = c.as_object();
+      auto [it, inserted] = first_created_at.emplace(std::string(o.at("identifier").as_string()),
+                                                     std::string(o.at("created_at").as_string()));
+      BOOST_TEST(it->second == std::string(o.at("created_at").as_string()));
+    }
+    BOOST_TEST(fresh.stop() == 0);
+    BOOST_TEST(restarted.process.stop() == 0);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(torchtune_settles_inotify) {
+  torchtune_folder_counts_only_with_weights_and_after_quiet_time("inotify");
+}
+
+BOOST_AUTO_TEST_CASE(torchtune_settles_polling) {
+  torchtune_folder_counts_only_with_weights_and_after_quiet_time("poll");
 }
 
 BOOST_AUTO_TEST_CASE(manifest_staging_names_and_malformed_files) {

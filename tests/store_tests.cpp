@@ -3,10 +3,9 @@
 
 #include <ckptd/store.hpp>
 
-// store's private headers; tests/CMakeLists.txt does not put store/src on the
-// include path, so they are named relative to this file.
-#include "../store/src/codec.hpp"
-#include "../store/src/status.hpp"
+// store's private headers (store/src is on the tests' include path).
+#include "codec.hpp"
+#include "status.hpp"
 
 #include <boost/test/unit_test.hpp>
 

@@ -175,16 +175,17 @@ class server::impl : public std::enable_shared_from_this<impl> {
   std::uint16_t port_ = 0;
 
  private:
-  // Keeps a connection on the list stop() walks, for the life of its coroutine.
+  // Keeps a connection on the list stop() walks for the life of its
+  // coroutine, and gives back the slot in `counter` that the accept loop took
+  // for it when spawning (taken there, so a burst of accepts cannot overshoot
+  // max_connections before the sessions start).
   class registration {
    public:
-    registration(impl& owner, connection* conn, bool counted)
-        : owner_(owner), it_(owner.live_.insert(owner.live_.end(), conn)), counted_(counted) {
-      if (counted_) ++owner_.connections_;
-    }
+    registration(impl& owner, connection* conn, std::size_t& counter)
+        : owner_(owner), it_(owner.live_.insert(owner.live_.end(), conn)), counter_(counter) {}
     ~registration() {
       owner_.live_.erase(it_);
-      if (counted_) --owner_.connections_;
+      --counter_;
     }
     registration(const registration&) = delete;
     registration& operator=(const registration&) = delete;
@@ -192,7 +193,7 @@ class server::impl : public std::enable_shared_from_this<impl> {
    private:
     impl& owner_;
     std::list<connection*>::iterator it_;
-    bool counted_;
+    std::size_t& counter_;
   };
 
   static net::awaitable<void> accept_loop(std::shared_ptr<impl> self);
@@ -290,17 +291,18 @@ net::awaitable<void> server::impl::accept_loop(std::shared_ptr<impl> self) {
     auto conn = std::make_shared<connection>(std::move(socket));
     if (self->connections_ >= self->opts_.max_connections) {
       if (self->rejecting_ >= max_rejecting) continue;  // closed as conn goes
+      ++self->rejecting_;
       net::co_spawn(self->ctx_, reject(self, std::move(conn)), log_exception);
       continue;
     }
+    ++self->connections_;
     net::co_spawn(self->ctx_, serve(self, std::move(conn), client_key(peer)), log_exception);
   }
 }
 
 net::awaitable<void> server::impl::reject(std::shared_ptr<impl> self,
                                           std::shared_ptr<connection> conn) {
-  ++self->rejecting_;
-  registration reg(*self, conn.get(), /*counted=*/false);
+  registration reg(*self, conn.get(), self->rejecting_);
   response res = error_response(503, "ckptd has too many open connections; try again later.");
   res.retry_after = std::chrono::seconds(1);
   beast::flat_buffer buffer;
@@ -309,12 +311,11 @@ net::awaitable<void> server::impl::reject(std::shared_ptr<impl> self,
   if (co_await self->write(*conn, res, 11, /*keep_alive=*/false, timeout)) {
     co_await linger_and_close(*conn, buffer);
   }
-  --self->rejecting_;
 }
 
 net::awaitable<void> server::impl::serve(std::shared_ptr<impl> self,
                                          std::shared_ptr<connection> conn, std::string client) {
-  registration reg(*self, conn.get(), /*counted=*/true);
+  registration reg(*self, conn.get(), self->connections_);
   const options& opts = self->opts_;
   beast::flat_buffer buffer;
   bool first = true;

@@ -155,6 +155,34 @@ std::string schema_key() {
   return key;
 }
 
+std::string event_seq_key() {
+  std::string key = with_kind(key_kind::meta, 9);
+  key.append("event_seq");
+  return key;
+}
+
+std::string event_key(std::uint64_t seq) {
+  // Big-endian, unlike values: bytewise key order must be numeric order.
+  std::string key = with_kind(key_kind::event, 8);
+  for (int i = 7; i >= 0; --i) key.push_back(static_cast<char>(seq >> (8 * i)));
+  return key;
+}
+
+std::string events_begin() { return with_kind(key_kind::event, 0); }
+
+std::string events_end() {
+  std::string key = events_begin();
+  key.back() = static_cast<char>(static_cast<char>(key_kind::event) + 1);
+  return key;
+}
+
+result<std::uint64_t> seq_from_event_key(std::string_view key) {
+  if (key.size() != 9 || key.front() != static_cast<char>(key_kind::event)) return corrupt();
+  std::uint64_t seq = 0;
+  for (std::size_t i = 1; i < 9; ++i) seq = (seq << 8) | static_cast<std::uint8_t>(key[i]);
+  return seq;
+}
+
 result<std::string> job_uuid_from_key(std::string_view key) {
   if (key.empty() || key.front() != static_cast<char>(key_kind::job)) return corrupt();
   key.remove_prefix(1);
@@ -242,6 +270,41 @@ result<std::uint32_t> decode_schema(std::string_view value) {
   std::uint32_t version = 0;
   if (!r.u32(version) || !r.at_end()) return corrupt();
   return version;
+}
+
+std::string encode_event(const event& e) {
+  writer w;
+  w.u8(value_format);
+  w.str(e.job_uuid);
+  w.str(e.type);
+  w.str(e.data);
+  w.i64(e.at_ns);
+  return std::move(w).take();
+}
+
+result<event> decode_event(std::string_view value, std::uint64_t seq) {
+  reader r(value);
+  event e;
+  e.seq = seq;
+  std::uint8_t format = 0;
+  if (!r.u8(format) || format != value_format) return corrupt();
+  if (!r.str(e.job_uuid) || !r.str(e.type) || !r.str(e.data) || !r.i64(e.at_ns) || !r.at_end()) {
+    return corrupt();
+  }
+  return e;
+}
+
+std::string encode_event_seq(std::uint64_t seq) {
+  writer w;
+  w.u64(seq);
+  return std::move(w).take();
+}
+
+result<std::uint64_t> decode_event_seq(std::string_view value) {
+  reader r(value);
+  std::uint64_t seq = 0;
+  if (!r.u64(seq) || !r.at_end()) return corrupt();
+  return seq;
 }
 
 std::string printable(std::string_view bytes) {

@@ -4,9 +4,10 @@
 //
 // Keys start with one kind byte, so each kind is one contiguous key range:
 //   'c' job_uuid '\0' path   a checkpoint; one job's checkpoints are one prefix
-//   'e' u64 big-endian       reserved: a future event log, ordered by sequence
+//   'e' u64 big-endian       an event, by seq; big-endian so key order is seq order
 //   'j' job_uuid             a job record
-//   'm' name                 metadata; 'm' "schema" holds the schema version
+//   'm' name                 metadata; 'm' "schema" holds the schema version,
+//                            'm' "event_seq" the last event seq assigned
 // Job uuids and paths never contain NUL, so '\0' ends the uuid unambiguously:
 // job "a" has prefix "ca\0" and job "ab" has "cab\0", and neither scan can
 // reach into the other.
@@ -29,7 +30,7 @@ namespace ckptd::store::codec {
 
 enum class key_kind : char {
   checkpoint = 'c',
-  event = 'e',  // reserved for an event log: 'e' + big-endian u64 sequence
+  event = 'e',  // 'e' + big-endian u64 seq
   job = 'j',
   meta = 'm',
 };
@@ -52,6 +53,11 @@ inline constexpr std::uint8_t value_format = 1;
 [[nodiscard]] std::string jobs_begin();
 [[nodiscard]] std::string jobs_end();
 [[nodiscard]] std::string schema_key();
+[[nodiscard]] std::string event_seq_key();
+[[nodiscard]] std::string event_key(std::uint64_t seq);
+// [events_begin, events_end) holds every event, in seq order.
+[[nodiscard]] std::string events_begin();
+[[nodiscard]] std::string events_end();
 
 // The uuid from a job key; errc::corrupt when `key` is not a valid job key.
 [[nodiscard]] boost::system::result<std::string> job_uuid_from_key(std::string_view key);
@@ -59,6 +65,8 @@ inline constexpr std::uint8_t value_format = 1;
 // when the rest is not a valid path.
 [[nodiscard]] boost::system::result<std::string> path_from_key(std::string_view key,
                                                                std::string_view prefix);
+// The seq from an event key; errc::corrupt when `key` is not a valid event key.
+[[nodiscard]] boost::system::result<std::uint64_t> seq_from_event_key(std::string_view key);
 
 // Values. encode_* never fail; decode_* return errc::corrupt on any malformed
 // input, and a successful decode re-encodes to exactly the same bytes.
@@ -69,6 +77,10 @@ inline constexpr std::uint8_t value_format = 1;
 [[nodiscard]] boost::system::result<job> decode_job(std::string_view value, std::string uuid);
 [[nodiscard]] std::string encode_schema(std::uint32_t version);
 [[nodiscard]] boost::system::result<std::uint32_t> decode_schema(std::string_view value);
+[[nodiscard]] std::string encode_event(const event& e);  // e.seq goes in the key
+[[nodiscard]] boost::system::result<event> decode_event(std::string_view value, std::uint64_t seq);
+[[nodiscard]] std::string encode_event_seq(std::uint64_t seq);
+[[nodiscard]] boost::system::result<std::uint64_t> decode_event_seq(std::string_view value);
 
 // `bytes` with everything outside printable ASCII as \xNN: keys hold NULs and
 // log lines must not.

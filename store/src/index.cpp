@@ -1,5 +1,6 @@
 // The RocksDB shell around codec: opening (with the read-only schema check),
-// the write batch for a job_change, and the prefix scans.
+// the write batch for a job_change and its events, the scans, reopening after
+// failed writes, and moving a damaged index aside.
 
 #include <ckptd/store.hpp>
 
@@ -19,16 +20,22 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdarg>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <ctime>
 #include <limits>
 #include <mutex>
 #include <set>
+#include <shared_mutex>
 #include <string>
+#include <string_view>
 #include <system_error>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -38,6 +45,7 @@ namespace {
 namespace fs = std::filesystem;
 using boost::system::error_code;
 using boost::system::result;
+using namespace std::string_view_literals;
 
 // Memory: ckptd must idle under ~30 MB RSS, and its data is small (a few
 // hundred bytes per checkpoint), so every RocksDB budget is kept modest.
@@ -255,30 +263,121 @@ enum class schema_state {
   return schema_state::current;
 }
 
+// The event log's extent: the oldest retained seq (0 when the log is empty)
+// and the last seq ever assigned (0 when none was).
+struct event_range {
+  std::uint64_t first = 0;
+  std::uint64_t last = 0;
+};
+
+[[nodiscard]] result<event_range> read_event_range(rocksdb::DB& db, const std::string& dir,
+                                                   const index::log_sink& log) {
+  event_range range;
+  std::string value;
+  const rocksdb::Status got = db.Get(rocksdb::ReadOptions(), codec::event_seq_key(), &value);
+  if (got.ok()) {
+    const auto last = codec::decode_event_seq(value);
+    if (!last) {
+      return fail(
+          log,
+          "index " + dir + " has a malformed event counter \"" + codec::printable(value) + "\"",
+          errc::corrupt);
+    }
+    range.last = *last;
+  } else if (!got.IsNotFound()) {
+    return fail(log, "cannot read the event counter of index " + dir, got);
+  }
+
+  const std::string begin = codec::events_begin();
+  const std::string end = codec::events_end();
+  const rocksdb::Slice lower(begin);
+  const rocksdb::Slice upper(end);
+  rocksdb::ReadOptions options;
+  options.iterate_lower_bound = &lower;  // both must outlive the iterator
+  options.iterate_upper_bound = &upper;
+  const std::unique_ptr<rocksdb::Iterator> it(db.NewIterator(options));
+  const auto seq_here = [&]() -> result<std::uint64_t> {
+    const auto seq = codec::seq_from_event_key(it->key().ToStringView());
+    if (!seq || *seq == 0) {
+      return fail(log,
+                  "index " + dir + " has a malformed event key \"" +
+                      codec::printable(it->key().ToStringView()) + "\"",
+                  errc::corrupt);
+    }
+    return *seq;
+  };
+  it->SeekToFirst();
+  if (it->Valid()) {
+    auto first = seq_here();
+    if (!first) return first.error();
+    range.first = *first;
+    it->SeekToLast();
+    if (it->Valid()) {
+      // The counter is written in every batch that appends, so the two agree;
+      // the larger one wins all the same, because reusing a seq would make a
+      // reconnecting client skip an event.
+      auto last = seq_here();
+      if (!last) return last.error();
+      range.last = std::max(range.last, *last);
+    }
+  }
+  if (!it->status().ok()) return fail(log, "cannot scan the events of index " + dir, it->status());
+  return range;
+}
+
+[[nodiscard]] std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// What the index currently has open. After a failed write it reopens the
+// database; when that cannot open it for writing it opens it read-only, and
+// when even that fails it has nothing open and reads fail too.
+enum class db_mode { read_write, read_only, closed };
+
 class rocks_index final : public index {
  public:
-  rocks_index(dir_claim claim, std::unique_ptr<rocksdb::DB> db, log_sink log)
-      : claim_(std::move(claim)), log_(std::move(log)), db_(std::move(db)) {}
+  rocks_index(dir_claim claim, std::string dir, rocksdb::Options options,
+              std::unique_ptr<rocksdb::DB> db, log_sink log, open_options opts, event_range events)
+      : claim_(std::move(claim)),
+        dir_(std::move(dir)),
+        options_(std::move(options)),
+        log_(std::move(log)),
+        retention_(opts.event_retention),
+        // Trimming is amortized: the log may grow 1% past the bound (at least
+        // one event) before one range tombstone cuts it back to the bound.
+        trim_slack_(std::max<std::uint64_t>(1, opts.event_retention / 100)),
+        first_seq_(events.first),
+        last_seq_(events.last),
+        db_(std::move(db)) {}
 
   rocks_index(const rocks_index&) = delete;
   rocks_index& operator=(const rocks_index&) = delete;
 
   ~rocks_index() override {
-    // A clean shutdown leaves everything applied durable; the WAL replays on
-    // the next open, so there is no need to flush memtables here.
-    if (const auto s = db_->FlushWAL(/*sync=*/true); !s.ok()) {
-      emit(log_, "syncing the index WAL at close: " + s.ToString());
-    }
-    if (const auto s = db_->Close(); !s.ok()) {
-      emit(log_, "closing the index: " + s.ToString());
-    }
-    // db_ is destroyed before claim_ (reverse declaration order), so the
-    // folder is released only once RocksDB has let go of its LOCK file.
+    const std::lock_guard write(write_mutex_);
+    const std::unique_lock lock(db_mutex_);
+    close_locked(/*sync=*/true);
+    // claim_ is destroyed after this body, so the folder is released only
+    // once RocksDB has let go of its LOCK file.
   }
 
-  result<void> apply(const job_change& change) override {
+  result<std::uint64_t> apply(const job_change& change) override {
+    if (auto valid = validate(change); !valid) return valid.error();
+    if (!change.remove_job && !change.upsert_job && change.upserts.empty() &&
+        change.removed_paths.empty() && change.events.empty()) {
+      return 0;
+    }
     const std::string& uuid = change.job_uuid;
-    if (auto valid = validate(change); !valid) return valid;
+
+    // One writer at a time: seqs must commit in the order they are assigned,
+    // or a reader could see seq n+1 before n and a client resuming after n+1
+    // would never get n.
+    const std::lock_guard write(write_mutex_);
+    if (needs_reopen_) {
+      if (auto reopened = reopen_locked(); !reopened) return reopened.error();
+    }
 
     // Deletions first, puts after, so that the change's own records are what
     // remains: remove_job with upserts replaces the job wholesale, and a path
@@ -304,14 +403,47 @@ class rocks_index final : public index {
     for (const auto& c : change.upserts) {
       step(batch.Put(codec::checkpoint_key(uuid, c.path), codec::encode_checkpoint(c)));
     }
+
+    // Events: seqs are only taken once the write succeeds, so a failed write
+    // uses none up.
+    std::uint64_t seq = last_seq_.load();
+    std::uint64_t first = first_seq_.load();
+    if (!change.events.empty()) {
+      const std::int64_t now = now_ns();
+      for (const auto& e : change.events) {
+        event stored = e;
+        if (stored.job_uuid.empty()) stored.job_uuid = uuid;
+        if (stored.at_ns == 0) stored.at_ns = now;
+        step(batch.Put(codec::event_key(++seq), codec::encode_event(stored)));
+      }
+      step(batch.Put(codec::event_seq_key(), codec::encode_event_seq(seq)));
+      if (first == 0) first = seq - change.events.size() + 1;
+      if (seq - first + 1 > retention_ + trim_slack_) {
+        // Last in the batch, so it also covers events this very change
+        // appended when it alone holds more than the bound. The range starts
+        // at the first possible key rather than at `first`, so nothing older
+        // can be left behind whatever happened before.
+        first = seq - retention_ + 1;
+        step(batch.DeleteRange(codec::events_begin(), codec::event_key(first)));
+      }
+    }
     if (!s.ok()) return fail(log_, "building the write batch for job " + uuid, s);
-    if (batch.Count() == 0) return {};
 
     // WAL on, no sync: the write survives a crash of ckptd; flush() makes it
     // survive a power loss too.
-    s = db_->Write(rocksdb::WriteOptions(), &batch);
-    if (!s.ok()) return fail(log_, "writing a change to job " + uuid, s);
-    return {};
+    {
+      const std::shared_lock lock(db_mutex_);
+      if (mode_ != db_mode::read_write) {
+        return fail(log_, "writing a change to job " + uuid + ": the index is not open for writing",
+                    errc::io_error);
+      }
+      s = db_->Write(rocksdb::WriteOptions(), &batch);
+    }
+    if (!s.ok()) return write_failed("writing a change to job " + uuid, s);
+    last_seq_.store(seq);
+    first_seq_.store(first);
+    if (!healthy_.exchange(true)) emit(log_, "index " + dir_ + ": writes work again");
+    return change.events.empty() ? 0 : seq;
   }
 
   result<std::vector<checkpoint>> checkpoints(std::string_view job_uuid) const override {
@@ -339,7 +471,12 @@ class rocks_index final : public index {
     }
     const std::string key = codec::job_key(job_uuid);
     std::string value;
-    const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), key, &value);
+    rocksdb::Status s;
+    {
+      const std::shared_lock lock(db_mutex_);
+      if (!db_) return not_open();
+      s = db_->Get(rocksdb::ReadOptions(), key, &value);
+    }
     if (s.IsNotFound()) return std::optional<job>();
     if (!s.ok()) return fail(log_, "reading job " + std::string(job_uuid), s);
     auto j = codec::decode_job(value, std::string(job_uuid));
@@ -363,10 +500,46 @@ class rocks_index final : public index {
   }
 
   result<void> flush() override {
-    const rocksdb::Status s = db_->FlushWAL(/*sync=*/true);
-    if (!s.ok()) return fail(log_, "syncing the index WAL", s);
+    const std::lock_guard write(write_mutex_);
+    if (needs_reopen_) {
+      if (auto reopened = reopen_locked(); !reopened) return reopened.error();
+    }
+    rocksdb::Status s;
+    {
+      const std::shared_lock lock(db_mutex_);
+      if (mode_ != db_mode::read_write) {
+        return fail(log_, "syncing the index WAL: the index is not open for writing",
+                    errc::io_error);
+      }
+      s = db_->FlushWAL(/*sync=*/true);
+    }
+    if (!s.ok()) return write_failed("syncing the index WAL", s);
     return {};
   }
+
+  result<std::vector<event>> events_after(std::uint64_t seq, std::size_t limit) const override {
+    std::vector<event> out;
+    if (limit == 0 || seq == std::numeric_limits<std::uint64_t>::max()) return out;
+    // Reserve for a typical page, not for whatever limit a caller passes.
+    out.reserve(std::min<std::size_t>(limit, 256));
+    auto scanned = scan(
+        codec::event_key(seq + 1), codec::events_end(),
+        [&](std::string_view key, std::string_view value) -> result<void> {
+          auto found = codec::seq_from_event_key(key);
+          if (!found) return found.error();
+          auto e = codec::decode_event(value, *found);
+          if (!e) return e.error();
+          out.push_back(std::move(*e));
+          return {};
+        },
+        limit);
+    if (!scanned) return scanned.error();
+    return out;
+  }
+
+  std::uint64_t last_event_seq() const override { return last_seq_.load(); }
+  std::uint64_t first_event_seq() const override { return first_seq_.load(); }
+  bool healthy() const override { return healthy_.load(); }
 
  private:
   [[nodiscard]] result<void> validate(const job_change& change) const {
@@ -393,22 +566,121 @@ class rocks_index final : public index {
         return bad("removed path \"" + codec::printable(path) + "\" is empty or holds a NUL");
       }
     }
+    for (const auto& e : change.events) {
+      if (!e.job_uuid.empty() && e.job_uuid != change.job_uuid) {
+        return bad("event job_uuid \"" + codec::printable(e.job_uuid) +
+                   "\" differs from job_uuid \"" + codec::printable(change.job_uuid) + "\"");
+      }
+      // The type becomes an SSE "event:" line, which a line break would end.
+      if (e.type.empty() || e.type.find_first_of("\0\r\n"sv) != std::string::npos) {
+        return bad("event type \"" + codec::printable(e.type) +
+                   "\" is empty or holds NUL, CR or LF");
+      }
+      if (!fits(e.type) || !fits(e.data)) return bad("event field too long");
+    }
     return {};
   }
 
-  // Visits every key in [begin, end) in order; stops at the first error. A
-  // record that does not decode is reported with its key.
+  // Marks the index unhealthy after a failed write and logs why. The database
+  // stays open, so reads go on from it; the next write reopens it first.
+  [[nodiscard]] error_code write_failed(std::string_view what, const rocksdb::Status& s) {
+    const error_code ec = fail(log_, what, s);
+    needs_reopen_ = true;
+    if (healthy_.exchange(false)) {
+      emit(log_, "index " + dir_ +
+                     ": writes are failing; serving what is indexed, and the next write "
+                     "reopens the index (" +
+                     ec.message() + ")");
+    }
+    return ec;
+  }
+
+  // Closes the database and opens it again. Precondition: write_mutex_ held.
+  // RocksDB 7.8 answers Resume() after a failed WAL write on a full volume
+  // with "Resource busy" for as long as the process lives, while a fresh open
+  // replays the WAL up to the last complete record (the torn one the failed
+  // write left is dropped) and works as soon as there is space again. Readers
+  // wait for the reopen, which replays at most a few MB of WAL.
+  [[nodiscard]] result<void> reopen_locked() {
+    const std::unique_lock lock(db_mutex_);
+    close_locked(/*sync=*/false);
+
+    rocksdb::Options options = options_;
+    options.create_if_missing = false;
+    rocksdb::DB* raw = nullptr;
+    const rocksdb::Status opened = rocksdb::DB::Open(options, dir_, &raw);
+    if (opened.ok()) {
+      db_.reset(raw);
+      mode_ = db_mode::read_write;
+      // Seqs come from the database again, as at open: the failed write may
+      // have reached the WAL after all. They never go back, though.
+      auto events = read_event_range(*db_, dir_, log_);
+      if (!events) return events.error();  // still needs_reopen_: try again next time
+      last_seq_.store(std::max(last_seq_.load(), events->last));
+      first_seq_.store(events->first);
+      needs_reopen_ = false;
+      emit(log_, "index " + dir_ + ": reopened for writing");
+      return {};
+    }
+    const error_code ec = fail(log_, "cannot reopen index " + dir_ + " for writing", opened);
+
+    // Keep serving reads. RocksDB calls a read-only open next to a live
+    // writer undefined behaviour, so not if somebody took the lock meanwhile.
+    if (const auto pid = lock_holder(fs::path(dir_) / "LOCK")) {
+      emit(log_, "index " + dir_ + " was locked by process " + std::to_string(*pid) +
+                     " while reopening; it stays closed");
+      return ec;
+    }
+    const rocksdb::Status read_only = rocksdb::DB::OpenForReadOnly(options, dir_, &raw);
+    if (read_only.ok()) {
+      db_.reset(raw);
+      mode_ = db_mode::read_only;
+    } else {
+      std::ignore = fail(log_, "cannot reopen index " + dir_ + " read-only either", read_only);
+    }
+    return ec;
+  }
+
+  // Precondition: db_mutex_ held exclusively.
+  void close_locked(bool sync) {
+    if (!db_) return;
+    if (sync && mode_ == db_mode::read_write) {
+      // A clean shutdown leaves everything applied durable; the WAL replays
+      // on the next open, so there is no need to flush memtables here.
+      if (const auto s = db_->FlushWAL(/*sync=*/true); !s.ok()) {
+        emit(log_, "syncing the index WAL at close: " + s.ToString());
+      }
+    }
+    if (const auto s = db_->Close(); !s.ok()) {
+      emit(log_, "closing the index: " + s.ToString());
+    }
+    db_.reset();
+    mode_ = db_mode::closed;
+  }
+
+  [[nodiscard]] error_code not_open() const {
+    return fail(log_, "index " + dir_ + " is not open: reopening it after failed writes failed",
+                errc::io_error);
+  }
+
+  // Visits every key in [begin, end) in order, at most `limit` of them; stops
+  // at the first error. A record that does not decode is reported with its
+  // key.
   template <class Visit>
-  [[nodiscard]] result<void> scan(const std::string& begin, const std::string& end,
-                                  Visit&& visit) const {
+  [[nodiscard]] result<void> scan(
+      const std::string& begin, const std::string& end, Visit&& visit,
+      std::size_t limit = std::numeric_limits<std::size_t>::max()) const {
     const rocksdb::Slice upper(end);
     rocksdb::ReadOptions options;
     options.iterate_upper_bound = &upper;  // must outlive the iterator
+    const std::shared_lock lock(db_mutex_);
+    if (!db_) return not_open();
     const std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(options));
-    for (it->Seek(begin); it->Valid(); it->Next()) {
+    std::size_t visited = 0;
+    for (it->Seek(begin); it->Valid() && visited < limit; it->Next(), ++visited) {
       const std::string_view key = it->key().ToStringView();
       const std::string_view value = it->value().ToStringView();
-      if (auto visited = visit(key, value); !visited) return corrupt_record(key, value);
+      if (auto ok = visit(key, value); !ok) return corrupt_record(key, value);
     }
     if (!it->status().ok()) return fail(log_, "scanning the index", it->status());
     return {};
@@ -421,15 +693,48 @@ class rocks_index final : public index {
                 errc::corrupt);
   }
 
-  dir_claim claim_;
+  const dir_claim claim_;
+  const std::string dir_;
+  const rocksdb::Options options_;  // what open() used, for reopening
   const log_sink log_;
-  const std::unique_ptr<rocksdb::DB> db_;
+  const std::uint64_t retention_;
+  const std::uint64_t trim_slack_;
+
+  // Serializes apply() and flush() (and so every reopen), and guards
+  // needs_reopen_. Taken before db_mutex_.
+  std::mutex write_mutex_;
+  bool needs_reopen_ = false;
+  // Written under write_mutex_, read by anyone.
+  std::atomic<std::uint64_t> first_seq_;
+  std::atomic<std::uint64_t> last_seq_;
+  std::atomic<bool> healthy_{true};
+
+  // Shared by every RocksDB call, exclusive while the database is swapped.
+  mutable std::shared_mutex db_mutex_;
+  std::unique_ptr<rocksdb::DB> db_;
+  db_mode mode_ = db_mode::read_write;
 };
+
+// Today as "20240229T120000Z".
+[[nodiscard]] std::string utc_stamp() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  ::gmtime_r(&now, &tm);
+  char buffer[32];
+  const std::size_t n = std::strftime(buffer, sizeof buffer, "%Y%m%dT%H%M%SZ", &tm);
+  return std::string(buffer, n);
+}
+
+[[nodiscard]] std::string errno_text(int e) { return std::generic_category().message(e); }
 
 }  // namespace
 
-result<std::unique_ptr<index>> index::open(const fs::path& dir, log_sink log) {
+result<std::unique_ptr<index>> index::open(const fs::path& dir, log_sink log, open_options opts) {
   const std::string name = dir.string();
+  if (opts.event_retention == 0) {
+    return fail(log, "index " + name + ": event_retention must be at least 1",
+                errc::invalid_argument);
+  }
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) {
@@ -437,9 +742,7 @@ result<std::unique_ptr<index>> index::open(const fs::path& dir, log_sink log) {
   }
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) {
-    return fail(log,
-                "cannot stat index folder " + name + ": " + std::generic_category().message(errno),
-                errc::io_error);
+    return fail(log, "cannot stat index folder " + name + ": " + errno_text(errno), errc::io_error);
   }
   auto claim = dir_claim::acquire({st.st_dev, st.st_ino});
   if (!claim) return fail(log, "index " + name + " is already open in this process", errc::busy);
@@ -478,8 +781,78 @@ result<std::unique_ptr<index>> index::open(const fs::path& dir, log_sink log) {
         db->Put(durable, codec::schema_key(), codec::encode_schema(schema_version));
     if (!put.ok()) return fail(log, "cannot write the schema version of index " + name, put);
   }
-  return std::unique_ptr<index>(
-      std::make_unique<rocks_index>(std::move(*claim), std::move(db), std::move(log)));
+  auto events = read_event_range(*db, name, log);
+  if (!events) return events.error();
+  return std::unique_ptr<index>(std::make_unique<rocks_index>(
+      std::move(*claim), name, base, std::move(db), std::move(log), opts, *events));
+}
+
+result<fs::path> index::move_aside(const fs::path& dir, log_sink log) {
+  std::error_code ec;
+  // The real folder, not a symlink to it: the index is rebuilt where it was.
+  fs::path given = fs::absolute(dir, ec).lexically_normal();
+  if (!given.has_filename()) given = given.parent_path();  // "/x/index/" is "/x/index"
+  const fs::path from = ec ? fs::path() : fs::canonical(given, ec);
+  if (ec) {
+    return fail(log, "cannot move index folder " + dir.string() + " aside: " + ec.message(),
+                errc::io_error);
+  }
+  if (!fs::is_directory(from, ec) || from == from.root_path()) {
+    return fail(log, "cannot move " + from.string() + " aside: not an index folder",
+                errc::io_error);
+  }
+  struct stat st {};
+  if (::stat(from.c_str(), &st) != 0) {
+    return fail(log, "cannot stat index folder " + from.string() + ": " + errno_text(errno),
+                errc::io_error);
+  }
+  // Held through the rename, so that no open() in this process starts on the
+  // folder meanwhile; RocksDB would go on writing to the old paths.
+  const auto claim = dir_claim::acquire({st.st_dev, st.st_ino});
+  if (!claim) {
+    return fail(log, "cannot move index " + from.string() + " aside: it is open in this process",
+                errc::busy);
+  }
+  if (const auto pid = lock_holder(from / "LOCK")) {
+    return fail(log,
+                "cannot move index " + from.string() + " aside: it is locked by process " +
+                    std::to_string(*pid),
+                errc::busy);
+  }
+
+  const std::string base = from.string() + ".broken-" + utc_stamp();
+  constexpr int max_attempts = 1000;
+  for (int n = 1; n <= max_attempts; ++n) {
+    const fs::path to = n == 1 ? fs::path(base) : fs::path(base + "-" + std::to_string(n));
+    // RENAME_NOREPLACE: a plain rename() would silently replace an empty
+    // folder of that name, and checking first would race.
+    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) != 0) {
+      const int e = errno;
+      if (e == EEXIST) continue;
+      return fail(log,
+                  "cannot rename index folder " + from.string() + " to " + to.string() + ": " +
+                      errno_text(e),
+                  errc::io_error);
+    }
+    // Make the rename durable before a new index is created in its place.
+    if (const int fd = ::open(from.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        fd >= 0) {
+      ::fsync(fd);
+      ::close(fd);
+    }
+    // When `dir` was a symlink, leave an empty folder where it points so that
+    // it resolves again and open() rebuilds the index on the same volume.
+    if (from != given) {
+      fs::create_directory(from, ec);
+      if (ec) emit(log, "cannot recreate index folder " + from.string() + ": " + ec.message());
+    }
+    emit(log, "moved index folder " + from.string() + " aside to " + to.string());
+    return to;
+  }
+  return fail(log,
+              "cannot move index folder " + from.string() + " aside: " + base +
+                  " and its numbered variants all exist",
+              errc::io_error);
 }
 
 }  // namespace ckptd::store

@@ -196,7 +196,7 @@ class hf_trainer final : public layout {
     const double perplexity = std::exp(*validation_loss);
     if (!std::isfinite(*train_loss) || !std::isfinite(*validation_loss) ||
         !std::isfinite(perplexity)) {
-      r.problem = "losses" + at + " are not finite, so no metrics";
+      r.problem = "losses" + at + " or the perplexity are not finite, so no metrics";
       return;
     }
     r.metrics = store::training_metrics{r.epoch, *train_loss, *validation_loss, perplexity};
