@@ -30,6 +30,7 @@
 
 namespace net = boost::asio;
 using namespace ckptd;
+namespace service = ckptd::daemon::service;
 
 namespace {
 
@@ -45,6 +46,9 @@ api::options api_options(const daemon::settings& s, std::vector<int> sockets) {
   o.listen_fds = std::move(sockets);
   o.rate_limit = s.rate_limit;
   o.rate_burst = s.rate_burst;
+  o.auth_tokens = s.auth_tokens;
+  o.cors_origins = s.cors_origins;
+  o.max_connections = s.max_connections;
   return o;
 }
 
@@ -127,6 +131,14 @@ int run(daemon::settings s, int argc, char** argv) {
   }
 
   std::error_code ec;
+  if (s.rebuild_index && std::filesystem::exists(s.db, ec)) {
+    auto moved = store::index::move_aside(s.db);
+    if (!moved) {
+      log::error("cannot move the index ", s.db, " aside: ", moved.error().message());
+      return 1;
+    }
+    log::notice("moved the index aside to ", moved->string(), "; rebuilding it from the disk");
+  }
   std::filesystem::create_directories(s.db, ec);
   auto opened =
       store::index::open(s.db, [](std::string_view line) { log::warning("index: ", line); });
@@ -172,7 +184,7 @@ int run(daemon::settings s, int argc, char** argv) {
     } catch (const std::exception& e) {
       log::error("cannot start watching: ", e.what());
       exit_code = 1;
-      net::post(http_ctx, [&] { server.stop(); });
+      ::raise(SIGTERM);  // the one shutdown path: the signal handler below
     }
   });
   std::thread watch_thread([&] { watch_ctx.run(); });
@@ -237,7 +249,21 @@ int run(daemon::settings s, int argc, char** argv) {
   on_hangup();
 
   net::signal_set terminate(http_ctx, SIGINT, SIGTERM);
+  // After SIGTERM: in-flight responses may finish, but not forever.
   net::steady_timer grace(http_ctx);
+  std::chrono::steady_clock::time_point stop_deadline;
+  std::function<void()> finish_stop = [&] {
+    if (server.open_connections() == 0) return;
+    if (std::chrono::steady_clock::now() >= stop_deadline) {
+      log::warning("connections still open after ", shutdown_grace.count(), " s; closing them");
+      http_ctx.stop();
+      return;
+    }
+    grace.expires_after(std::chrono::milliseconds(50));
+    grace.async_wait([&](boost::system::error_code e) {
+      if (!e) finish_stop();
+    });
+  };
   terminate.async_wait([&](boost::system::error_code e, int signal) {
     if (e) return;
     service::notify("STOPPING=1");
@@ -246,19 +272,12 @@ int run(daemon::settings s, int argc, char** argv) {
     hangup.cancel(ignored);
     watchdog_timer.cancel();
     server.stop();
-    grace.expires_after(shutdown_grace);
-    grace.async_wait([&](boost::system::error_code g) {
-      if (g) return;
-      log::warning("connections still open after ", shutdown_grace.count(), " s; closing them");
-      http_ctx.stop();
-    });
+    stop_deadline = std::chrono::steady_clock::now() + shutdown_grace;
+    finish_stop();
   });
   ::signal(SIGPIPE, SIG_IGN);
 
   // run() returns once the server, signals and timers have nothing left to do.
-  net::post(http_ctx, [&] {
-    // The grace timer must not keep the loop alive after a clean stop.
-  });
   http_ctx.run();
   demo.reset();
   net::post(watch_ctx, [&] {

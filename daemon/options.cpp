@@ -47,6 +47,14 @@ po::options_description describe() {
      "requests a client address may send at once")
     ("log-level", po::value<std::string>()->value_name("LEVEL")->default_value("info"),
      "error, warning, notice, info or debug")
+    ("auth-token-file", po::value<std::string>()->value_name("FILE"),
+     "require 'Authorization: Bearer <token>' with a token from FILE (one per line) "
+     "on every route but /healthz and /readyz")
+    ("cors-origin", po::value<std::vector<std::string>>()->value_name("ORIGIN"),
+     "let browser pages from ORIGIN call the API (repeatable; '*' for any)")
+    ("max-connections", po::value<std::size_t>()->value_name("N")->default_value(4096),
+     "most connections open at once; more get 503")
+    ("rebuild-index", "move the index (--db) aside and rebuild it from the disk")
     ("demo", po::value<std::string>()->value_name("DIR"),
      "run a simulated training job in DIR, watch it and keep the index in DIR/db");
   // clang-format on
@@ -234,6 +242,29 @@ bool interpret(const po::variables_map& vm, settings& out) {
     return fail("log-level", level);
   }
   out.db = vm.count("db") ? vm["db"].as<std::string>() : default_db();
+  if (vm.count("auth-token-file")) {
+    out.auth_token_file = vm["auth-token-file"].as<std::string>();
+    std::ifstream in(*out.auth_token_file);
+    if (!in) {
+      why = "cannot be read";
+      return fail("auth-token-file", *out.auth_token_file);
+    }
+    for (std::string line; std::getline(in, line);) {
+      while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+      if (!line.empty() && line.front() != '#') out.auth_tokens.push_back(line);
+    }
+    if (out.auth_tokens.empty()) {
+      why = "holds no token";
+      return fail("auth-token-file", *out.auth_token_file);
+    }
+  }
+  if (vm.count("cors-origin")) out.cors_origins = vm["cors-origin"].as<std::vector<std::string>>();
+  out.max_connections = vm["max-connections"].as<std::size_t>();
+  if (out.max_connections < 1) {
+    why = "must be at least 1";
+    return fail("max-connections", "0");
+  }
+  out.rebuild_index = vm.count("rebuild-index") > 0;
   if (vm.count("demo")) out.demo_dir = vm["demo"].as<std::string>();
   if (out.watch.empty() && out.jobs.empty() && !out.demo_dir) {
     std::cerr << "ckptd: nothing to watch: give --watch DIR, --job UUID=DIR or --demo DIR"

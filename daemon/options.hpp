@@ -44,6 +44,17 @@ struct settings {
   double rate_burst = 40;
   // Default: info.
   log::level log_level = log::level::info;
+  // File with one bearer token per line; when set, every route but /healthz
+  // and /readyz needs one. Default: none (no auth).
+  std::optional<std::string> auth_token_file;
+  // The tokens read from auth_token_file.
+  std::vector<std::string> auth_tokens;
+  // Origins browsers may call from (CORS). Default: none.
+  std::vector<std::string> cors_origins;
+  // Most connections open at once. Default: 4096.
+  std::size_t max_connections = 4096;
+  // --rebuild-index: move the index aside and rebuild it from the disk.
+  bool rebuild_index = false;
   // --demo DIR: run a simulated training job in DIR and watch it. Default: off.
   std::optional<std::string> demo_dir;
   // The --config file the settings came from, if any (SIGHUP re-reads it).

@@ -451,8 +451,8 @@ BOOST_AUTO_TEST_CASE(artifacts_body_exact_bytes) {
   BOOST_TEST(body == R"({"job_uuid":"job-1","checkpoints":[{"identifier":"epoch_0",)"
                      R"("created_at":"2026-11-29T10:08:38.123456Z","epoch":0,)"
                      R"("post_training_job_id":"job-1","path":"/runs/job-1/epoch_0",)"
-                     R"("training_metrics":{"epoch":0,"train_loss":1.5E0,"validation_loss":2.25E0,)"
-                     R"("perplexity":3E0}}]})");
+                     R"("training_metrics":{"epoch":0,"train_loss":1.5,"validation_loss":2.25,)"
+                     R"("perplexity":3.0}}]})");
   check_schema("200", body);
   const json::value parsed = json::parse(body);
   BOOST_TEST(
@@ -567,17 +567,19 @@ BOOST_AUTO_TEST_CASE(catalog_keeps_bodies_and_job_list) {
   api::catalog jobs;
   BOOST_TEST(jobs.jobs()->bytes == R"({"data":[]})");
   const auto g0 = jobs.generation();
-  jobs.put("b", api::make_cached_body("B1"));
-  jobs.put("a", api::make_cached_body("A1"));
+  BOOST_TEST(jobs.put("b", api::make_cached_body("B1"), api::make_cached_body("SB1")));
+  BOOST_TEST(jobs.put("a", api::make_cached_body("A1"), api::make_cached_body("SA1")));
   BOOST_TEST(jobs.jobs()->bytes == R"({"data":[{"job_uuid":"a"},{"job_uuid":"b"}]})");
   const auto list = jobs.jobs();
-  jobs.put("a", api::make_cached_body("A2"));
+  BOOST_TEST(!jobs.put("a", api::make_cached_body("A2"), api::make_cached_body("SA2")));
   BOOST_TEST(jobs.jobs() == list);  // same set of jobs: the list is not rebuilt
   BOOST_TEST(jobs.artifacts("a")->bytes == "A2");
+  BOOST_TEST(jobs.status("a")->bytes == "SA2");
   BOOST_TEST(jobs.generation() == g0 + 3);
   BOOST_TEST(jobs.erase("b"));
   BOOST_TEST(!jobs.erase("b"));
   BOOST_TEST(jobs.artifacts("b") == nullptr);
+  BOOST_TEST(jobs.status("b") == nullptr);
   BOOST_TEST(jobs.jobs()->bytes == R"({"data":[{"job_uuid":"a"}]})");
 
   const auto x1 = api::make_cached_body("same");
@@ -592,7 +594,7 @@ BOOST_AUTO_TEST_CASE(catalog_keeps_bodies_and_job_list) {
 BOOST_AUTO_TEST_CASE(router_answers) {
   api::catalog jobs;
   const std::string body = api::artifacts_json("job-1", {make_checkpoint("/r/a", 0, -1, 0)});
-  jobs.put("job-1", api::make_cached_body(body));
+  jobs.put("job-1", api::make_cached_body(body), api::make_cached_body("{}"));
 
   auto ok = get(jobs, "/v1/post-training/job/artifacts?job_uuid=job-1");
   BOOST_TEST(ok.status == 200u);

@@ -13,14 +13,20 @@
 #include <rocksdb/options.h>
 
 #include <fcntl.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
+#include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -30,6 +36,7 @@
 #include <mutex>
 #include <ostream>
 #include <random>
+#include <regex>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -56,6 +63,11 @@ std::ostream& operator<<(std::ostream& os, const checkpoint& c) {
 std::ostream& operator<<(std::ostream& os, const job& j) {
   return os << "{uuid=" << codec::printable(j.uuid) << " dir=" << codec::printable(j.dir)
             << " first_seen_ns=" << j.first_seen_ns << "}";
+}
+std::ostream& operator<<(std::ostream& os, const event& e) {
+  return os << "{seq=" << e.seq << " job_uuid=" << codec::printable(e.job_uuid)
+            << " type=" << codec::printable(e.type) << " data=" << codec::printable(e.data)
+            << " at_ns=" << e.at_ns << "}";
 }
 }  // namespace ckptd::store
 
@@ -258,6 +270,91 @@ void write_file(const fs::path& file, std::string_view contents) {
 std::string read_file(const fs::path& file) {
   std::ifstream in(file, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+store::event event_of(std::string type, std::string data, std::int64_t at_ns = 0) {
+  store::event e;
+  e.type = std::move(type);
+  e.data = std::move(data);
+  e.at_ns = at_ns;
+  return e;
+}
+
+// A change adding one checkpoint to `uuid` together with its event.
+store::job_change created(const std::string& uuid, std::int64_t n) {
+  auto change = change_of(uuid);
+  change.upserts = {make_checkpoint("/" + uuid + "/ckpt-" + std::to_string(1000 + n), n)};
+  change.events = {event_of("checkpoint.created", R"({"n":)" + std::to_string(n) + "}", n + 1)};
+  return change;
+}
+
+std::vector<std::uint64_t> seqs_of(const std::vector<store::event>& events) {
+  std::vector<std::uint64_t> out;
+  for (const auto& e : events) out.push_back(e.seq);
+  return out;
+}
+
+std::vector<std::uint64_t> seq_range(std::uint64_t first, std::uint64_t last) {
+  std::vector<std::uint64_t> out;
+  for (auto s = first; s <= last; ++s) out.push_back(s);
+  return out;
+}
+
+// Every retained event, checked to be exactly first_event_seq()..last_event_seq().
+std::vector<store::event> all_events(const store::index& idx) {
+  auto got = idx.events_after(0, std::numeric_limits<std::size_t>::max());
+  BOOST_TEST_REQUIRE(got.has_value(), got.error().message());
+  if (idx.last_event_seq() == 0) {
+    BOOST_TEST(got->empty());
+    BOOST_TEST(idx.first_event_seq() == 0u);
+  } else {
+    BOOST_TEST(seqs_of(*got) == seq_range(idx.first_event_seq(), idx.last_event_seq()),
+               boost::test_tools::per_element());
+  }
+  return std::move(*got);
+}
+
+// A UTC time as move_aside() stamps it.
+std::string utc_stamp(std::time_t t) {
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char buffer[32];
+  return {buffer, std::strftime(buffer, sizeof buffer, "%Y%m%dT%H%M%SZ", &tm)};
+}
+
+// A small tmpfs, unmounted (lazily, so even a busy one goes) however the test
+// ends. Only root may mount.
+struct tmpfs_mount {
+  fs::path dir;
+  int error = 0;  // errno of a failed mount
+  tmpfs_mount(fs::path where, const char* options) : dir(std::move(where)) {
+    fs::create_directories(dir);
+    if (::mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, options) != 0) error = errno;
+  }
+  tmpfs_mount(const tmpfs_mount&) = delete;
+  tmpfs_mount& operator=(const tmpfs_mount&) = delete;
+  ~tmpfs_mount() {
+    if (error == 0) ::umount2(dir.c_str(), MNT_DETACH);
+  }
+};
+
+// Writes to `file` until the volume is full; returns the bytes written.
+std::uintmax_t fill_volume(const fs::path& file) {
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  BOOST_TEST_REQUIRE(fd >= 0, "cannot create " << file << ": " << std::strerror(errno));
+  const std::string chunk(64 << 10, 'f');
+  std::uintmax_t total = 0;
+  for (;;) {
+    const ssize_t n = ::write(fd, chunk.data(), chunk.size());
+    if (n > 0) {
+      total += static_cast<std::uintmax_t>(n);
+      continue;
+    }
+    const int e = errno;
+    ::close(fd);
+    BOOST_TEST_REQUIRE(e == ENOSPC, "filling the volume: " << std::strerror(e));
+    return total;
+  }
 }
 
 }  // namespace
@@ -500,6 +597,78 @@ BOOST_AUTO_TEST_CASE(mutated_values_decode_or_fail_cleanly) {
   }
   // Flipped bits inside numbers decode fine; the loop must have seen both kinds.
   BOOST_TEST(decoded > 0u);
+}
+
+BOOST_AUTO_TEST_CASE(event_keys_are_big_endian_so_key_order_is_seq_order) {
+  BOOST_TEST(codec::event_key(1) == "e\0\0\0\0\0\0\0\x01"s);
+  BOOST_TEST(codec::event_key(0x0102030405060708) == "e\x01\x02\x03\x04\x05\x06\x07\x08"s);
+  BOOST_TEST(codec::events_begin() == "e");
+  BOOST_TEST(codec::events_end() == "f");
+  BOOST_TEST(codec::event_seq_key() == "mevent_seq");
+  const std::vector<std::uint64_t> seqs = {
+      0,     1,        255,        256,        65535,
+      65536, 1u << 31, 0xffffffff, 1ull << 32, std::numeric_limits<std::uint64_t>::max()};
+  for (std::size_t i = 0; i < seqs.size(); ++i) {
+    const auto key = codec::event_key(seqs[i]);
+    BOOST_TEST((codec::events_begin() <= key && key < codec::events_end()));
+    // Parenthesized: Boost.Test would compare the strings as (signed) chars.
+    if (i > 0) BOOST_TEST((codec::event_key(seqs[i - 1]) < key), seqs[i - 1] << " < " << seqs[i]);
+    auto back = codec::seq_from_event_key(key);
+    BOOST_TEST_REQUIRE(back.has_value());
+    BOOST_TEST(*back == seqs[i]);
+  }
+  // No other kind of key falls into the event range.
+  for (const auto& key : {codec::job_key("e"), codec::checkpoint_key("e", "/p"),
+                          codec::schema_key(), codec::event_seq_key()}) {
+    BOOST_TEST(!(codec::events_begin() <= key && key < codec::events_end()), key);
+  }
+  expect_error(codec::seq_from_event_key(""), errc::corrupt);
+  expect_error(codec::seq_from_event_key("e"), errc::corrupt);
+  expect_error(codec::seq_from_event_key("e\0\0\0\0\0\0\0"s), errc::corrupt);
+  expect_error(codec::seq_from_event_key("e\0\0\0\0\0\0\0\x01\0"s), errc::corrupt);
+  expect_error(codec::seq_from_event_key("f\0\0\0\0\0\0\0\x01"s), errc::corrupt);
+}
+
+BOOST_AUTO_TEST_CASE(event_round_trips_and_is_pinned) {
+  store::event e;
+  e.seq = 77;
+  e.job_uuid = "job-ü";
+  e.type = "checkpoint.created";
+  e.data = R"({"path":"/x\u0000","bytes":"\xff"})"s + "\0\xff"s;  // opaque: any bytes
+  e.at_ns = std::numeric_limits<std::int64_t>::min();
+  auto back = codec::decode_event(codec::encode_event(e), 77);
+  BOOST_TEST_REQUIRE(back.has_value());
+  BOOST_TEST(*back == e);
+
+  store::event small;
+  small.job_uuid = "u";
+  small.type = "t";
+  small.data = "{}";
+  small.at_ns = 0x0102030405060708;
+  BOOST_TEST(codec::encode_event(small) ==
+             "\x01"                                 // format
+             "\x01\0\0\0u"                          // job_uuid
+             "\x01\0\0\0t"                          // type
+             "\x02\0\0\0{}"                         // data
+             "\x08\x07\x06\x05\x04\x03\x02\x01"s);  // at_ns
+
+  const auto bytes = codec::encode_event(e);
+  for (std::size_t n = 0; n < bytes.size(); ++n) {
+    expect_error(codec::decode_event(std::string_view(bytes).substr(0, n), 1), errc::corrupt);
+  }
+  expect_error(codec::decode_event(bytes + "x", 1), errc::corrupt);
+  auto bad_format = bytes;
+  bad_format[0] = 2;
+  expect_error(codec::decode_event(bad_format, 1), errc::corrupt);
+
+  BOOST_TEST(codec::encode_event_seq(0x0102) == "\x02\x01\0\0\0\0\0\0"s);
+  for (const std::uint64_t v : {0ull, 1ull, 0xfedcba9876543210ull}) {
+    auto seq = codec::decode_event_seq(codec::encode_event_seq(v));
+    BOOST_TEST_REQUIRE(seq.has_value());
+    BOOST_TEST(*seq == v);
+  }
+  expect_error(codec::decode_event_seq("\x01"), errc::corrupt);
+  expect_error(codec::decode_event_seq(codec::encode_event_seq(1) + "x"), errc::corrupt);
 }
 
 BOOST_AUTO_TEST_CASE(printable_escapes_control_and_high_bytes) {
@@ -965,6 +1134,502 @@ BOOST_FIXTURE_TEST_CASE(concurrent_writers_and_readers_agree, db_fixture) {
   auto all = idx->jobs();
   BOOST_TEST_REQUIRE(all.has_value());
   BOOST_TEST(all->size() == static_cast<std::size_t>(writers));
+}
+
+// ============================================================ event log
+
+BOOST_FIXTURE_TEST_CASE(event_seqs_are_consecutive_and_survive_reopen, db_fixture) {
+  std::uint64_t expected_last = 0;
+  {
+    auto idx = open();
+    BOOST_TEST(idx->last_event_seq() == 0u);
+    BOOST_TEST(idx->first_event_seq() == 0u);
+    // A change without events takes no seq.
+    auto no_events = upsert_of(make_job("j"));
+    auto r = idx->apply(no_events);
+    BOOST_TEST_REQUIRE(r.has_value());
+    BOOST_TEST(*r == 0u);
+    for (int i = 0; i < 300; ++i) {
+      auto change = created("j", i);
+      // 1 to 3 events per change; the caller's seq is ignored.
+      for (int extra = 0; extra < i % 3; ++extra) {
+        change.events.push_back(event_of("job.status", "{}"));
+        change.events.back().seq = 12345;
+      }
+      auto applied = idx->apply(change);
+      BOOST_TEST_REQUIRE(applied.has_value());
+      expected_last += change.events.size();
+      BOOST_TEST_REQUIRE(*applied == expected_last);
+      BOOST_TEST(idx->last_event_seq() == expected_last);
+      BOOST_TEST(idx->first_event_seq() == 1u);
+    }
+  }
+  for (int round = 0; round < 2; ++round) {
+    auto idx = open();
+    BOOST_TEST(idx->last_event_seq() == expected_last);
+    BOOST_TEST(idx->first_event_seq() == 1u);
+    const auto events = all_events(*idx);
+    BOOST_TEST(events.size() == expected_last);
+    auto next = idx->apply(created("j", 1000 + round));
+    BOOST_TEST_REQUIRE(next.has_value());
+    BOOST_TEST(*next == ++expected_last);
+  }
+}
+
+BOOST_FIXTURE_TEST_CASE(event_fields_round_trip_and_defaults_are_filled, db_fixture) {
+  auto idx = open();
+  auto change = upsert_of(make_job("j"));
+  change.events = {event_of("job.status", R"({"status":"in_progress"})", 42),
+                   event_of("checkpoint.created", "{\"a\":\n1}\0x"s)};
+  change.events[0].job_uuid = "j";  // explicit and equal: fine
+  const auto before = std::chrono::system_clock::now();
+  BOOST_TEST_REQUIRE(idx->apply(change).has_value());
+  const auto after = std::chrono::system_clock::now();
+  const auto events = all_events(*idx);
+  BOOST_TEST_REQUIRE(events.size() == 2u);
+  BOOST_TEST(events[0].seq == 1u);
+  BOOST_TEST(events[0].job_uuid == "j");
+  BOOST_TEST(events[0].type == "job.status");
+  BOOST_TEST(events[0].data == R"({"status":"in_progress"})");
+  BOOST_TEST(events[0].at_ns == 42);  // the caller's time is kept
+  BOOST_TEST(events[1].seq == 2u);
+  BOOST_TEST(events[1].job_uuid == "j");  // empty means the change's job
+  BOOST_TEST(events[1].data == "{\"a\":\n1}\0x"s);
+  // at_ns 0 means "now".
+  const auto ns = [](auto t) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+  };
+  BOOST_TEST(events[1].at_ns >= ns(before));
+  BOOST_TEST(events[1].at_ns <= ns(after));
+}
+
+BOOST_FIXTURE_TEST_CASE(events_after_pages_in_seq_order, db_fixture) {
+  auto idx = open();
+  // Two jobs interleaved: the log is one sequence across jobs.
+  for (int i = 0; i < 125; ++i) {
+    BOOST_TEST_REQUIRE(idx->apply(created("a", i)).has_value());
+    BOOST_TEST_REQUIRE(idx->apply(created("b", i)).has_value());
+  }
+  BOOST_TEST_REQUIRE(idx->last_event_seq() == 250u);
+
+  std::vector<store::event> paged;
+  std::vector<std::size_t> page_sizes;
+  std::uint64_t after = 0;
+  for (;;) {
+    auto page = idx->events_after(after, 100);
+    BOOST_TEST_REQUIRE(page.has_value());
+    if (page->empty()) break;
+    page_sizes.push_back(page->size());
+    after = page->back().seq;
+    paged.insert(paged.end(), page->begin(), page->end());
+  }
+  const std::vector<std::size_t> expected_sizes = {100, 100, 50};
+  BOOST_TEST(page_sizes == expected_sizes, boost::test_tools::per_element());
+  BOOST_TEST(seqs_of(paged) == seq_range(1, 250), boost::test_tools::per_element());
+  BOOST_TEST(paged[0].job_uuid == "a");
+  BOOST_TEST(paged[1].job_uuid == "b");
+  BOOST_TEST(paged[249].data == R"({"n":124})");
+
+  // Resuming from the middle, the end, and past the end.
+  auto mid = idx->events_after(137, 3);
+  BOOST_TEST_REQUIRE(mid.has_value());
+  BOOST_TEST(seqs_of(*mid) == seq_range(138, 140), boost::test_tools::per_element());
+  for (const std::uint64_t at : {250ull, 251ull, 1ull << 40, ~0ull}) {
+    auto none = idx->events_after(at, 10);
+    BOOST_TEST_REQUIRE(none.has_value());
+    BOOST_TEST(none->empty(), at);
+  }
+  auto zero_limit = idx->events_after(0, 0);
+  BOOST_TEST_REQUIRE(zero_limit.has_value());
+  BOOST_TEST(zero_limit->empty());
+}
+
+BOOST_FIXTURE_TEST_CASE(retention_trims_the_oldest_events, db_fixture) {
+  constexpr std::uint64_t keep = 200;
+  constexpr std::uint64_t slack = 2;  // 1% of 200
+  const store::open_options options{.event_retention = keep};
+  {
+    auto r = store::index::open(dir, sink(), options);
+    BOOST_TEST_REQUIRE(r.has_value());
+    auto& idx = **r;
+    for (std::uint64_t i = 1; i <= 1000; ++i) {
+      BOOST_TEST_REQUIRE(idx.apply(created("j", static_cast<std::int64_t>(i))).has_value());
+      const std::uint64_t held = idx.last_event_seq() - idx.first_event_seq() + 1;
+      BOOST_TEST_REQUIRE(held == std::min(i, held));
+      BOOST_TEST_REQUIRE(held <= keep + slack);
+      BOOST_TEST_REQUIRE(held >= std::min(i, keep));
+    }
+    // Trimmed events are gone from the log, not only hidden.
+    const auto events = all_events(idx);
+    BOOST_TEST(events.size() >= keep);
+    BOOST_TEST(events.back().seq == 1000u);
+    BOOST_TEST(events.back().data == R"({"n":1000})");
+    auto stale = idx.events_after(1, 5);  // a client that fell far behind
+    BOOST_TEST_REQUIRE(stale.has_value());
+    BOOST_TEST_REQUIRE(!stale->empty());
+    BOOST_TEST(stale->front().seq == idx.first_event_seq());
+    BOOST_TEST(stale->front().seq > 2u);  // the gap it must be told about
+    // Checkpoints are not subject to event retention.
+    auto cps = idx.checkpoints("j");
+    BOOST_TEST_REQUIRE(cps.has_value());
+    BOOST_TEST(cps->size() == 1000u);
+
+    // One change bigger than the bound keeps only its newest events.
+    auto burst = change_of("j");
+    for (int i = 0; i < 500; ++i) burst.events.push_back(event_of("job.status", std::to_string(i)));
+    auto last = idx.apply(burst);
+    BOOST_TEST_REQUIRE(last.has_value());
+    BOOST_TEST(*last == 1500u);
+    BOOST_TEST(idx.first_event_seq() == 1500u - keep + 1);
+    const auto after_burst = all_events(idx);
+    BOOST_TEST_REQUIRE(after_burst.size() == keep);
+    BOOST_TEST(after_burst.front().data == "300");
+  }
+  // The bound and the extent hold across a reopen, counted from the database.
+  auto r = store::index::open(dir, sink(), options);
+  BOOST_TEST_REQUIRE(r.has_value());
+  BOOST_TEST((*r)->first_event_seq() == 1500u - keep + 1);
+  BOOST_TEST((*r)->last_event_seq() == 1500u);
+  BOOST_TEST(all_events(**r).size() == keep);
+
+  expect_error(store::index::open(tmp.path / "other", sink(), {.event_retention = 0}),
+               errc::invalid_argument);
+}
+
+BOOST_FIXTURE_TEST_CASE(seq_never_goes_back_even_when_the_log_is_trimmed_to_one, db_fixture) {
+  const store::open_options keep_one{.event_retention = 1};
+  for (std::uint64_t round = 1; round <= 3; ++round) {
+    auto r = store::index::open(dir, sink(), keep_one);
+    BOOST_TEST_REQUIRE(r.has_value());
+    for (int i = 0; i < 10; ++i) {
+      BOOST_TEST_REQUIRE((*r)->apply(created("j", i)).has_value());
+    }
+    BOOST_TEST((*r)->last_event_seq() == round * 10);
+    BOOST_TEST((*r)->last_event_seq() - (*r)->first_event_seq() + 1 <= 2u);
+  }
+  // Without the counter key the last event key still gives the seq.
+  {
+    auto db = open_raw();
+    BOOST_TEST_REQUIRE(db->Delete(rocksdb::WriteOptions(), codec::event_seq_key()).ok());
+  }
+  auto idx = open();
+  BOOST_TEST(idx->last_event_seq() == 30u);
+  auto next = idx->apply(created("j", 99));
+  BOOST_TEST_REQUIRE(next.has_value());
+  BOOST_TEST(*next == 31u);
+}
+
+BOOST_FIXTURE_TEST_CASE(events_survive_a_kill_9, db_fixture) {
+  // What kill -9 leaves is what the files hold: every apply() has handed its
+  // WAL record to the kernel, and a killed process loses nothing the kernel
+  // has. Copying the folder while the index is open (no close, no WAL sync)
+  // is that state, without forking a process that has RocksDB threads.
+  const auto crashed = tmp.path / "crashed";
+  std::uint64_t last = 0;
+  {
+    auto idx = open();
+    for (int i = 0; i < 50; ++i) {
+      auto r = idx->apply(created("j", i));
+      BOOST_TEST_REQUIRE(r.has_value());
+      last = *r;
+    }
+    fs::copy(dir, crashed, fs::copy_options::recursive);
+  }
+  auto r = store::index::open(crashed, sink());
+  BOOST_TEST_REQUIRE(r.has_value());
+  auto& idx = **r;
+  BOOST_TEST(idx.last_event_seq() == last);
+  BOOST_TEST(all_events(idx).size() == last);
+  auto cps = idx.checkpoints("j");
+  BOOST_TEST_REQUIRE(cps.has_value());
+  BOOST_TEST(cps->size() == 50u);
+  auto next = idx.apply(created("j", 50));
+  BOOST_TEST_REQUIRE(next.has_value());
+  BOOST_TEST(*next == last + 1);
+}
+
+BOOST_FIXTURE_TEST_CASE(invalid_events_spoil_the_whole_change, db_fixture) {
+  auto idx = open();
+  const auto with_event = [](store::event e) {
+    auto change = upsert_of(make_job("j"));
+    change.upserts = {make_checkpoint("/j/1", 1)};
+    change.events = {event_of("checkpoint.created", "{}"), std::move(e)};
+    return change;
+  };
+  auto other_job = event_of("job.status", "{}");
+  other_job.job_uuid = "other";
+  expect_error(idx->apply(with_event(other_job)), errc::invalid_argument);
+  for (const auto& type : {""s, "a\nb"s, "a\rb"s, "a\0b"s}) {
+    expect_error(idx->apply(with_event(event_of(type, "{}"))), errc::invalid_argument);
+  }
+  // Neither the checkpoint nor any event was written, and no seq was used.
+  auto cps = idx->checkpoints("j");
+  BOOST_TEST_REQUIRE(cps.has_value());
+  BOOST_TEST(cps->empty());
+  BOOST_TEST(idx->last_event_seq() == 0u);
+  BOOST_TEST(all_events(*idx).empty());
+  auto ok = idx->apply(with_event(event_of("job.status", "{}")));
+  BOOST_TEST_REQUIRE(ok.has_value());
+  BOOST_TEST(*ok == 2u);
+}
+
+BOOST_FIXTURE_TEST_CASE(events_commit_in_seq_order_under_concurrent_writers, db_fixture) {
+  auto idx = open();
+  constexpr int writers = 4;
+  constexpr int changes_per_writer = 100;
+  std::atomic<bool> done{false};
+  std::mutex failures_mutex;
+  std::vector<std::string> failures;
+  const auto record_failure = [&](std::string what) {
+    const std::lock_guard lock(failures_mutex);
+    failures.push_back(std::move(what));
+  };
+  // A reader following the log like an SSE client: it must never see a gap,
+  // which it would if seq n+1 could commit before n.
+  std::thread reader([&] {
+    std::uint64_t after = 0;
+    while (!done.load() || after < idx->last_event_seq()) {
+      auto page = idx->events_after(after, 1000);
+      if (!page) {
+        record_failure("events_after: " + page.error().message());
+        return;
+      }
+      for (const auto& e : *page) {
+        if (e.seq != after + 1) {
+          record_failure("after " + std::to_string(after) + " came " + std::to_string(e.seq));
+          return;
+        }
+        after = e.seq;
+        // The event's checkpoint was written in the same batch, so it is
+        // already visible.
+        auto cps = idx->checkpoints(e.job_uuid);
+        if (!cps || cps->empty()) record_failure("event " + std::to_string(e.seq) + " alone");
+      }
+    }
+  });
+  std::vector<std::thread> threads;
+  for (int w = 0; w < writers; ++w) {
+    threads.emplace_back([&, w] {
+      const auto uuid = "writer-" + std::to_string(w);
+      std::uint64_t previous = 0;
+      for (int i = 0; i < changes_per_writer; ++i) {
+        auto r = idx->apply(created(uuid, i));
+        if (!r) {
+          record_failure("apply: " + r.error().message());
+        } else if (*r <= previous) {
+          record_failure(uuid + " got seq " + std::to_string(*r) + " after " +
+                         std::to_string(previous));
+        } else {
+          previous = *r;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  done = true;
+  reader.join();
+  BOOST_TEST(failures.empty(), (failures.empty() ? "" : failures.front()));
+  BOOST_TEST(idx->last_event_seq() == static_cast<std::uint64_t>(writers * changes_per_writer));
+  // Each writer's events are in its own apply order.
+  const auto events = all_events(*idx);
+  std::map<std::string, int> next_n;
+  for (const auto& e : events) {
+    const int n = next_n[e.job_uuid]++;
+    BOOST_TEST(e.data == R"({"n":)" + std::to_string(n) + "}", e);
+  }
+}
+
+BOOST_FIXTURE_TEST_CASE(undecodable_events_are_corrupt_not_crashes, db_fixture) {
+  {
+    auto idx = open();
+    BOOST_TEST_REQUIRE(idx->apply(created("j", 1)).has_value());
+  }
+  raw_put(codec::event_key(2), "\x01\xff");
+  {
+    auto idx = open();
+    BOOST_TEST(idx->last_event_seq() == 2u);  // the key counts: seq 2 is never reused
+    auto first = idx->events_after(0, 1);
+    BOOST_TEST_REQUIRE(first.has_value());
+    BOOST_TEST(first->size() == 1u);
+    expect_error(idx->events_after(0, 10), errc::corrupt);
+    BOOST_TEST(logged_containing("does not decode"));
+  }
+  raw_put(codec::event_seq_key(), "x");
+  expect_error(store::index::open(dir, sink()), errc::corrupt);
+}
+
+// ======================================================= full-disk recovery
+
+BOOST_FIXTURE_TEST_CASE(full_volume_fails_writes_keeps_reads_and_heals, db_fixture) {
+  if (::geteuid() != 0) {
+    BOOST_TEST_MESSAGE("skipped: mounting a small tmpfs needs root");
+    return;
+  }
+  const tmpfs_mount volume(tmp.path / "small", "size=2m");
+  if (volume.error != 0) {
+    BOOST_TEST_MESSAGE("skipped: cannot mount a tmpfs: " << std::strerror(volume.error));
+    return;
+  }
+  const auto small_dir = volume.dir / "index";
+  const auto filler = volume.dir / "filler";
+  // A change of ~200 KiB: several tmpfs pages, so a full volume cannot take it.
+  const auto big = [](int n) {
+    auto change = created("j", n);
+    change.upserts.front().fingerprint = std::string(200 << 10, static_cast<char>('a' + n % 26));
+    return change;
+  };
+  {
+    auto opened = store::index::open(small_dir, sink());
+    BOOST_TEST_REQUIRE(opened.has_value());
+    auto& idx = **opened;
+    BOOST_TEST_REQUIRE(idx.apply(upsert_of(make_job("j"))).has_value());
+    BOOST_TEST_REQUIRE(idx.apply(created("j", 0)).has_value());
+    BOOST_TEST(idx.healthy());
+
+    BOOST_TEST_MESSAGE("filler took " << fill_volume(filler) << " bytes");
+    // Writes that still fit in a WAL page already allocated may succeed; a
+    // big one cannot. What succeeded must survive; what failed must not.
+    int applied = 1;  // changes 0..applied-1 are in
+    boost::system::result<std::uint64_t> failed = 0;
+    for (int attempt = 0; attempt < 20; ++attempt) {
+      failed = idx.apply(big(applied));
+      if (!failed) break;
+      ++applied;
+    }
+    expect_error(failed, errc::io_error);  // and the process did not abort
+    BOOST_TEST(!idx.healthy());
+    const auto seq_before = idx.last_event_seq();
+    BOOST_TEST(seq_before == static_cast<std::uint64_t>(applied));
+
+    // Reads keep answering from what is indexed, before and after the next
+    // write's reopen attempt (which still finds the volume full).
+    const auto expect_readable = [&] {
+      auto cps = idx.checkpoints("j");
+      BOOST_TEST_REQUIRE(cps.has_value(), cps.error().message());
+      BOOST_TEST(cps->size() == static_cast<std::size_t>(applied));
+      auto found = idx.find_job("j");
+      BOOST_TEST_REQUIRE(found.has_value());
+      BOOST_TEST(found->has_value());
+      auto jobs = idx.jobs();
+      BOOST_TEST_REQUIRE(jobs.has_value());
+      BOOST_TEST(jobs->size() == 1u);
+      BOOST_TEST(all_events(idx).size() == seq_before);
+    };
+    expect_readable();
+    expect_error(idx.apply(big(applied)), errc::io_error);
+    BOOST_TEST(!idx.healthy());
+    expect_readable();
+    expect_error(idx.flush(), errc::io_error);
+    expect_readable();
+    BOOST_TEST(logged_containing("writes are failing"));
+
+    // Space returns: the next write reopens the index and goes through, and
+    // the seq continues where the successful writes left it.
+    fs::remove(filler);
+    auto healed = idx.apply(big(applied));
+    BOOST_TEST_REQUIRE(healed.has_value(), healed.error().message());
+    BOOST_TEST(*healed == seq_before + 1);
+    BOOST_TEST(idx.healthy());
+    BOOST_TEST(logged_containing("writes work again"));
+    ++applied;
+    BOOST_TEST_REQUIRE(idx.flush().has_value());
+    auto cps = idx.checkpoints("j");
+    BOOST_TEST_REQUIRE(cps.has_value());
+    BOOST_TEST(cps->size() == static_cast<std::size_t>(applied));
+  }
+  // Everything written is there after a reopen, the failed changes are not,
+  // and no seq was spent on them.
+  auto idx = store::index::open(small_dir, sink());
+  BOOST_TEST_REQUIRE(idx.has_value());
+  auto cps = (*idx)->checkpoints("j");
+  BOOST_TEST_REQUIRE(cps.has_value());
+  const auto events = all_events(**idx);
+  BOOST_TEST(events.size() == cps->size());
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    BOOST_TEST(events[i].data == R"({"n":)" + std::to_string(i) + "}");
+    BOOST_TEST(cps->at(i).epoch == static_cast<std::int64_t>(i));
+  }
+  show_log();
+}
+
+// ======================================================== move_aside
+
+BOOST_FIXTURE_TEST_CASE(move_aside_renames_and_never_replaces, db_fixture) {
+  create_index();
+  // Empty folders already holding the names the next seconds would get: a
+  // plain rename() would silently replace them.
+  const auto now = std::time(nullptr);
+  for (std::time_t t = now; t <= now + 2; ++t) {
+    fs::create_directory(dir.string() + ".broken-" + utc_stamp(t));
+  }
+  const auto before = snapshot(dir);
+  auto moved = store::index::move_aside(dir, sink());
+  BOOST_TEST_REQUIRE(moved.has_value(), moved.error().message());
+  show_log();
+  const std::regex name(R"(index\.broken-\d{8}T\d{6}Z-2)");
+  BOOST_TEST(std::regex_match(moved->filename().string(), name), *moved);
+  BOOST_TEST(moved->parent_path() == tmp.path);
+  BOOST_TEST(!fs::exists(dir));
+  expect_unchanged(before, *moved);
+  for (std::time_t t = now; t <= now + 2; ++t) {
+    BOOST_TEST(fs::is_empty(dir.string() + ".broken-" + utc_stamp(t)));
+  }
+  // The moved index still opens and holds its data; a fresh one starts in dir.
+  {
+    auto old = store::index::open(*moved, sink());
+    BOOST_TEST_REQUIRE(old.has_value());
+    auto found = (*old)->find_job("j1");
+    BOOST_TEST_REQUIRE(found.has_value());
+    BOOST_TEST(found->has_value());
+  }
+  auto fresh = open();
+  auto all = fresh->jobs();
+  BOOST_TEST_REQUIRE(all.has_value());
+  BOOST_TEST(all->empty());
+}
+
+BOOST_FIXTURE_TEST_CASE(move_aside_without_a_collision_uses_the_plain_name, db_fixture) {
+  create_index();
+  auto moved = store::index::move_aside(dir.string() + "/");  // trailing slash: same folder
+  BOOST_TEST_REQUIRE(moved.has_value(), moved.error().message());
+  BOOST_TEST(
+      std::regex_match(moved->filename().string(), std::regex(R"(index\.broken-\d{8}T\d{6}Z)")),
+      *moved);
+  BOOST_TEST(fs::exists(*moved / "CURRENT"));
+  BOOST_TEST(!fs::exists(dir));
+}
+
+BOOST_FIXTURE_TEST_CASE(move_aside_refuses_an_open_or_missing_index, db_fixture) {
+  {
+    auto idx = open();
+    BOOST_TEST_REQUIRE(idx->apply(upsert_of(make_job("j"))).has_value());
+    expect_error(store::index::move_aside(dir, sink()), errc::busy);
+    BOOST_TEST(fs::exists(dir / "CURRENT"));
+    auto found = idx->find_job("j");  // unharmed
+    BOOST_TEST_REQUIRE(found.has_value());
+    BOOST_TEST(found->has_value());
+  }
+  expect_error(store::index::move_aside(tmp.path / "missing", sink()), errc::io_error);
+  BOOST_TEST(logged_containing("missing"));
+}
+
+BOOST_FIXTURE_TEST_CASE(move_aside_through_a_symlink_moves_the_real_folder, db_fixture) {
+  create_index();
+  const auto link = tmp.path / "link";
+  fs::create_directory_symlink(dir, link);
+  auto moved = store::index::move_aside(link, sink());
+  BOOST_TEST_REQUIRE(moved.has_value(), moved.error().message());
+  BOOST_TEST(moved->parent_path() == tmp.path);
+  BOOST_TEST(moved->filename().string().starts_with("index.broken-"));
+  BOOST_TEST(fs::exists(*moved / "CURRENT"));
+  // The link is left alone and resolves to an empty folder again, where
+  // open() builds a fresh index on the same volume.
+  BOOST_TEST(fs::is_symlink(link));
+  BOOST_TEST(fs::is_directory(dir));
+  BOOST_TEST(fs::is_empty(dir));
+  auto fresh = store::index::open(link, sink());
+  BOOST_TEST_REQUIRE(fresh.has_value());
+  BOOST_TEST(fs::exists(dir / "CURRENT"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -3,30 +3,38 @@
 //
 // Everything here is pure: values in, bytes out. The shapes are llama-stack's
 // schemas exactly (additionalProperties: false), so nothing is added to them.
+// The Checkpoint objects come from ckptd::json_text, which the watcher's push
+// events use too.
 
+#include <ckptd/api.hpp>
+#include <ckptd/checkpoint_json.hpp>
 #include <ckptd/store.hpp>
 
-#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace ckptd::api {
 
-// `text` with every ill-formed UTF-8 sequence (stray continuation bytes,
-// truncated or overlong sequences, surrogates, code points past U+10FFFF)
-// replaced by U+FFFD, one replacement per maximal ill-formed subpart as
-// Unicode recommends. Well-formed input comes back unchanged. File names on
-// Linux are arbitrary bytes; JSON text must be UTF-8.
-[[nodiscard]] std::string to_valid_utf8(std::string_view text);
+using json_text::rfc3339_utc;
+using json_text::to_valid_utf8;
 
-// RFC 3339 UTC with microseconds, e.g. "2026-11-29T10:08:38.123456Z", for
-// nanoseconds since the Unix epoch (truncated towards the past).
-[[nodiscard]] std::string rfc3339_utc(std::int64_t ns_since_epoch);
+struct job_bodies {
+  std::string artifacts;  // PostTrainingJobArtifactsResponse
+  std::string status;     // PostTrainingJobStatusResponse
+};
 
-// PostTrainingJobArtifactsResponse for the job: checkpoints ordered by epoch,
-// step, created_at, then path; post_training_job_id is the job's uuid;
+// Both bodies of one job, sharing one ordering of its checkpoints (by epoch,
+// step, created_at, then path); post_training_job_id is the job's uuid and
 // training_metrics is left out when any of its numbers is NaN or infinite.
+// The status body has job_uuid, status, started_at and completed_at when
+// known, and checkpoints; a status outside the schema's enum (completed,
+// in_progress, failed, scheduled, cancelled) is reported as "scheduled".
+[[nodiscard]] job_bodies job_json(std::string_view job_uuid,
+                                  std::vector<store::checkpoint> checkpoints,
+                                  const job_status& status);
+
+// PostTrainingJobArtifactsResponse alone (as job_json().artifacts).
 [[nodiscard]] std::string artifacts_json(std::string_view job_uuid,
                                          std::vector<store::checkpoint> checkpoints);
 

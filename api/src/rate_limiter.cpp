@@ -16,6 +16,33 @@ constexpr int sweep_per_take = 2;
 
 rate_limiter::rate_limiter(refill_policy policy, std::size_t max_keys)
     : max_keys_(std::max<std::size_t>(max_keys, 1)) {
+  set_policy(policy);
+}
+
+void rate_limiter::reconfigure(refill_policy policy, std::size_t max_keys) {
+  const std::int64_t old_capacity = capacity_ns_;
+  set_policy(policy);
+  max_keys_ = std::max<std::size_t>(max_keys, 1);
+  if (!enabled()) {
+    index_.clear();
+    lru_.clear();
+    return;
+  }
+  while (index_.size() > max_keys_) {
+    index_.erase(lru_.back().key);
+    lru_.pop_back();
+  }
+  if (old_capacity == capacity_ns_ || old_capacity == 0) return;
+  const double scale = static_cast<double>(capacity_ns_) / static_cast<double>(old_capacity);
+  for (bucket& b : lru_) {
+    const double credit = static_cast<double>(b.credit_ns) * scale;
+    b.credit_ns = std::clamp<std::int64_t>(std::llround(credit), 0, capacity_ns_);
+  }
+}
+
+void rate_limiter::set_policy(refill_policy policy) {
+  period_ns_ = 0;
+  capacity_ns_ = 0;
   if (!(policy.rate_per_second > 0) || !std::isfinite(policy.rate_per_second)) return;
   const double burst = std::isfinite(policy.burst) ? std::max(policy.burst, 1.0) : 1.0;
   const double period = std::min(1e9 / policy.rate_per_second, max_capacity_ns);

@@ -44,6 +44,12 @@ class rate_limiter {
 
   rate_limiter(refill_policy policy, std::size_t max_keys);
 
+  // Applies a new policy and bound to the buckets already tracked: each keeps
+  // the share of a full bucket it held (a throttled client stays throttled,
+  // an idle one stays full), and the least recently used give way when the
+  // bound shrinks. Disabling drops every bucket.
+  void reconfigure(refill_policy policy, std::size_t max_keys);
+
   // Takes a token from `key`'s bucket at time `now`. A new key starts full.
   [[nodiscard]] verdict take(std::string_view key, clock::time_point now);
 
@@ -63,6 +69,7 @@ class rate_limiter {
   using lru_list = std::list<bucket>;
 
   [[nodiscard]] std::int64_t credit_at(const bucket& b, clock::time_point now) const;
+  void set_policy(refill_policy policy);
 
   std::int64_t period_ns_ = 0;    // credit one token costs; 0 when disabled
   std::int64_t capacity_ns_ = 0;  // credit of a full bucket

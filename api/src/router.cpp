@@ -13,6 +13,7 @@ namespace ckptd::api {
 namespace {
 
 constexpr std::string_view artifacts_path = "/v1/post-training/job/artifacts";
+constexpr std::string_view status_path = "/v1/post-training/job/status";
 constexpr std::string_view jobs_path = "/v1/post-training/jobs";
 constexpr std::string_view health_path = "/healthz";
 constexpr std::string_view ready_path = "/readyz";
@@ -94,6 +95,14 @@ response route(const request& req, const decoded_target& target, const catalog& 
     if (!cached) return error_response(404, "No training job '" + echo(job_uuid) + "' is known.");
     return cached_response(req, cached);
   }
+  if (target.path == status_path) {
+    auto uuid = job_uuid_param(target);
+    if (auto* bad = std::get_if<bad_request>(&uuid)) return error_response(400, bad->detail);
+    const std::string& job_uuid = std::get<std::string>(uuid);
+    auto cached = jobs.status(job_uuid);
+    if (!cached) return error_response(404, "No training job '" + echo(job_uuid) + "' is known.");
+    return cached_response(req, cached);
+  }
   if (target.path == jobs_path) return cached_response(req, jobs.jobs());
   if (target.path == health_path) return small_json(R"({"status":"ok"})");
   if (target.path == ready_path) {
@@ -104,7 +113,7 @@ response route(const request& req, const decoded_target& target, const catalog& 
 }
 
 bool is_known_path(std::string_view path) {
-  return path == artifacts_path || path == jobs_path || path == health_path || path == ready_path;
+  return path == artifacts_path || path == status_path || path == jobs_path || path == health_path || path == ready_path;
 }
 
 std::string_view trim(std::string_view s) {

@@ -16,6 +16,7 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -30,6 +31,8 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
+
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <array>
@@ -157,22 +160,26 @@ class server::impl : public std::enable_shared_from_this<impl> {
   impl(net::io_context& ctx, options opts)
       : ctx_(ctx),
         opts_(std::move(opts)),
-        acceptor_(ctx),
         limiter_({opts_.rate_limit, opts_.rate_burst}, opts_.rate_clients) {}
 
   void start();
   void stop();
+  void reconfigure(const options& opts);
 
-  void put(const std::string& job_uuid, std::shared_ptr<const cached_body> body) {
-    catalog_.put(job_uuid, std::move(body));
+  void put(const std::string& job_uuid, std::shared_ptr<const cached_body> artifacts,
+           std::shared_ptr<const cached_body> status) {
+    catalog_.put(job_uuid, std::move(artifacts), std::move(status));
     // Long-poll and SSE waiters on this job will be woken here.
   }
   void erase(const std::string& job_uuid) { catalog_.erase(job_uuid); }
 
   net::io_context& ctx_;
-  const options opts_;
+  // Replaced as a whole by reconfigure(), on the io_context's thread; sessions
+  // read it through a reference, so each request sees the current limits.
+  options opts_;
   std::atomic<bool> ready_{false};
-  std::uint16_t port_ = 0;
+  std::atomic<std::uint16_t> port_{0};
+  std::atomic<std::size_t> open_{0};
 
  private:
   // Keeps a connection on the list stop() walks for the life of its
@@ -182,10 +189,13 @@ class server::impl : public std::enable_shared_from_this<impl> {
   class registration {
    public:
     registration(impl& owner, connection* conn, std::size_t& counter)
-        : owner_(owner), it_(owner.live_.insert(owner.live_.end(), conn)), counter_(counter) {}
+        : owner_(owner), it_(owner.live_.insert(owner.live_.end(), conn)), counter_(counter) {
+      owner_.open_.fetch_add(1, std::memory_order_relaxed);
+    }
     ~registration() {
       owner_.live_.erase(it_);
       --counter_;
+      owner_.open_.fetch_sub(1, std::memory_order_relaxed);
     }
     registration(const registration&) = delete;
     registration& operator=(const registration&) = delete;
@@ -196,7 +206,10 @@ class server::impl : public std::enable_shared_from_this<impl> {
     std::size_t& counter_;
   };
 
-  static net::awaitable<void> accept_loop(std::shared_ptr<impl> self);
+  static net::awaitable<void> accept_loop(std::shared_ptr<impl> self,
+                                         std::shared_ptr<tcp::acceptor> acceptor);
+  void listen_on_address();
+  void adopt(int fd);
   static net::awaitable<void> serve(std::shared_ptr<impl> self, std::shared_ptr<connection> conn,
                                     std::string client);
   static net::awaitable<void> reject(std::shared_ptr<impl> self, std::shared_ptr<connection> conn);
@@ -210,7 +223,7 @@ class server::impl : public std::enable_shared_from_this<impl> {
   response respond(const http::request<http::string_body>& req);
   const std::string& date();
 
-  tcp::acceptor acceptor_;
+  std::vector<std::shared_ptr<tcp::acceptor>> acceptors_;
   catalog catalog_;
   rate_limiter limiter_;
   bool started_ = false;
@@ -225,6 +238,17 @@ class server::impl : public std::enable_shared_from_this<impl> {
 void server::impl::start() {
   if (started_) return;
   started_ = true;
+  if (opts_.listen_fds.empty()) {
+    listen_on_address();
+  } else {
+    for (int fd : opts_.listen_fds) adopt(fd);
+  }
+  for (const auto& acceptor : acceptors_) {
+    net::co_spawn(ctx_, accept_loop(shared_from_this(), acceptor), log_exception);
+  }
+}
+
+void server::impl::listen_on_address() {
   error_code ec;
   tcp::endpoint endpoint;
   const net::ip::address address = net::ip::make_address(opts_.listen_host, ec);
@@ -241,26 +265,51 @@ void server::impl::start() {
     endpoint = results.begin()->endpoint();
   }
   const std::string where = "cannot listen on " + endpoint_text(endpoint);
-  if (acceptor_.open(endpoint.protocol(), ec); ec) throw std::system_error(ec, where);
-  if (acceptor_.set_option(net::socket_base::reuse_address(true), ec); ec) {
+  auto acceptor = std::make_shared<tcp::acceptor>(ctx_);
+  if (acceptor->open(endpoint.protocol(), ec); ec) throw std::system_error(ec, where);
+  if (acceptor->set_option(net::socket_base::reuse_address(true), ec); ec) {
     throw std::system_error(ec, where);
   }
-  if (acceptor_.bind(endpoint, ec); ec) throw std::system_error(ec, where);
-  if (acceptor_.listen(net::socket_base::max_listen_connections, ec); ec) {
+  if (acceptor->bind(endpoint, ec); ec) throw std::system_error(ec, where);
+  if (acceptor->listen(net::socket_base::max_listen_connections, ec); ec) {
     throw std::system_error(ec, where);
   }
-  const tcp::endpoint bound = acceptor_.local_endpoint(ec);
+  const tcp::endpoint bound = acceptor->local_endpoint(ec);
   if (ec) throw std::system_error(ec, where);
   port_ = bound.port();
   log::notice("listening on ", endpoint_text(bound));
-  net::co_spawn(ctx_, accept_loop(shared_from_this()), log_exception);
+  acceptors_.push_back(std::move(acceptor));
+}
+
+// A socket handed over by systemd is already bound and listening; its
+// address family is asked of the kernel, since Asio must be told it.
+void server::impl::adopt(int fd) {
+  const std::string where = "cannot serve inherited socket " + std::to_string(fd);
+  sockaddr_storage address{};
+  socklen_t length = sizeof address;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+    throw std::system_error(errno, std::generic_category(), where);
+  }
+  if (address.ss_family != AF_INET && address.ss_family != AF_INET6) {
+    throw std::system_error(std::make_error_code(std::errc::address_family_not_supported),
+                            where + " (not a TCP/IP socket)");
+  }
+  const tcp protocol = address.ss_family == AF_INET6 ? tcp::v6() : tcp::v4();
+  auto acceptor = std::make_shared<tcp::acceptor>(ctx_);
+  error_code ec;
+  if (acceptor->assign(protocol, fd, ec); ec) throw std::system_error(ec, where);
+  const tcp::endpoint bound = acceptor->local_endpoint(ec);
+  if (ec) throw std::system_error(ec, where);
+  if (acceptors_.empty()) port_ = bound.port();
+  log::notice("listening on ", endpoint_text(bound));
+  acceptors_.push_back(std::move(acceptor));
 }
 
 void server::impl::stop() {
   if (stopping_) return;
   stopping_ = true;
   error_code ignored;
-  acceptor_.close(ignored);
+  for (const auto& acceptor : acceptors_) acceptor->close(ignored);
   // A connection writing a response finishes it and then closes (it checks
   // stopping_); one waiting for input is woken with operation_aborted.
   for (connection* conn : live_) {
@@ -268,11 +317,22 @@ void server::impl::stop() {
   }
 }
 
-net::awaitable<void> server::impl::accept_loop(std::shared_ptr<impl> self) {
+void server::impl::reconfigure(const options& opts) {
+  // The listening sockets stay as they are.
+  options next = opts;
+  next.listen_host = opts_.listen_host;
+  next.listen_port = opts_.listen_port;
+  next.listen_fds = opts_.listen_fds;
+  opts_ = std::move(next);
+  limiter_.reconfigure({opts_.rate_limit, opts_.rate_burst}, opts_.rate_clients);
+}
+
+net::awaitable<void> server::impl::accept_loop(std::shared_ptr<impl> self,
+                                               std::shared_ptr<tcp::acceptor> acceptor) {
   auto last_log = std::chrono::steady_clock::time_point::min();
   for (;;) {
-    auto [ec, socket] = co_await self->acceptor_.async_accept(use_tuple);
-    if (self->stopping_ || !self->acceptor_.is_open()) co_return;
+    auto [ec, socket] = co_await acceptor->async_accept(use_tuple);
+    if (self->stopping_ || !acceptor->is_open()) co_return;
     if (ec) {
       // EMFILE and friends: the pending connection stays queued; wait a bit
       // rather than spinning on the same failure.
@@ -483,17 +543,34 @@ std::uint16_t server::port() const { return impl_->port_; }
 
 void server::stop() { impl_->stop(); }
 
-void server::publish(const std::string& job_uuid, std::vector<store::checkpoint> checkpoints) {
-  // Serialized here, on the caller's thread; the io_context only swaps a pointer.
-  auto body = make_cached_body(artifacts_json(job_uuid, std::move(checkpoints)));
-  net::post(impl_->ctx_, [self = impl_, uuid = job_uuid, body = std::move(body)]() mutable {
-    self->put(uuid, std::move(body));
+std::size_t server::open_connections() const {
+  return impl_->open_.load(std::memory_order_relaxed);
+}
+
+void server::reconfigure(const options& opts) {
+  // Applied at once when called on the io_context's thread (as from a signal
+  // handler there), else as soon as that thread gets to it.
+  net::dispatch(impl_->ctx_, [self = impl_, opts] { self->reconfigure(opts); });
+}
+
+void server::publish(const std::string& job_uuid, std::vector<store::checkpoint> checkpoints,
+                     job_status status) {
+  // Serialized (and compressed) here, on the caller's thread; the io_context
+  // only swaps pointers.
+  job_bodies bodies = job_json(job_uuid, std::move(checkpoints), status);
+  auto artifacts = make_cached_body(std::move(bodies.artifacts));
+  auto status_body = make_cached_body(std::move(bodies.status));
+  net::post(impl_->ctx_, [self = impl_, uuid = job_uuid, artifacts = std::move(artifacts),
+                          status_body = std::move(status_body)]() mutable {
+    self->put(uuid, std::move(artifacts), std::move(status_body));
   });
 }
 
 void server::forget(const std::string& job_uuid) {
   net::post(impl_->ctx_, [self = impl_, uuid = job_uuid] { self->erase(uuid); });
 }
+
+void server::publish_events(std::vector<store::event> events) { (void)events; }
 
 void server::set_ready(bool ready) { impl_->ready_.store(ready, std::memory_order_relaxed); }
 

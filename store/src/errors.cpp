@@ -31,7 +31,8 @@ class store_category final : public boost::system::error_category {
                "folder aside) to rebuild it from the checkpoint folders";
       case errc::io_error:
         return "the index could not be read or written; check free space and disk health on "
-               "the index volume, then restart ckptd";
+               "the index volume (ckptd keeps serving what it has indexed and resumes writing "
+               "by itself once a write succeeds)";
       case errc::busy:
         return "the index is in use by another process (or already open in this one); stop "
                "the other ckptd using this --db folder, or give each instance its own";

@@ -346,7 +346,7 @@ fs::path hf_run::begin_save(std::int64_t step) {
     throw std::logic_error("hf_run: save steps must be positive and increasing");
   }
   pending_ = step;
-  const fs::path dir = checkpoint_dir(step);
+  fs::path dir = checkpoint_dir(step);
   // save_model: weights and config via save_pretrained, then training_args.
   if (options_.peft) {
     write_file(dir / "README.md", "---\nlibrary_name: peft\n---\n# Model card\n");
@@ -389,7 +389,7 @@ std::vector<fs::path> hf_run::finish_save() {
 }
 
 fs::path hf_run::save(std::int64_t step) {
-  const fs::path dir = begin_save(step);
+  fs::path dir = begin_save(step);
   finish_save();
   return dir;
 }

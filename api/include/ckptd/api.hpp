@@ -1,14 +1,19 @@
 #pragma once
 // ckptd::api — the HTTP side: llama-stack's post-training read routes, served
-// from in-memory bodies that are rebuilt only when a job changes.
+// from in-memory bodies that are rebuilt only when a job changes, plus
+// ckptd's own routes for dashboards (long-poll, Server-Sent Events, metrics).
 //
-// Requests never touch the disk or RocksDB: `publish` serializes a job's
-// artifacts body on the caller's thread and hands the finished bytes to the
-// server's io_context. Each client address has a token bucket; an empty one
-// gets 429 before any other work is done.
+// Requests never touch the disk: `publish` serializes (and gzips) a job's
+// bodies on the caller's thread and hands the finished bytes to the server's
+// io_context, which wakes the long-polls waiting on that job. Push events go
+// the same way through `publish_events`; only a client reconnecting from
+// further back than the in-memory ring reaches RocksDB, on a thread of the
+// server's own. Each client address has a token bucket; an empty one gets
+// 429 before any other work is done. Routes, headers and limits are listed
+// in src/router.hpp.
 //
 // Thread-safety: construct, start and stop on the io_context's thread.
-// publish, forget and set_ready may be called from any thread.
+// Everything else may be called from any thread.
 
 #include <ckptd/store.hpp>
 
@@ -16,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,6 +58,49 @@ struct options {
   std::chrono::milliseconds write_timeout{30000};
   // Most connections open at once (503 beyond). Default: 4096.
   std::size_t max_connections = 4096;
+  // Listening sockets handed over by systemd (socket activation). When not
+  // empty they are served and listen_host/listen_port are not bound.
+  // Default: none.
+  std::vector<int> listen_fds;
+  // Bearer tokens; when not empty every route but /healthz and /readyz needs
+  // "Authorization: Bearer <token>" (compared in constant time). Default: none.
+  std::vector<std::string> auth_tokens;
+  // Origins allowed by CORS ("https://dash.example"; "*" for any). Default: none.
+  std::vector<std::string> cors_origins;
+
+  // Requests held at once by "Prefer: wait=N" long-polls; beyond it such a
+  // request gets 503 with Retry-After at once. Default: 1024.
+  std::size_t max_waiters = 1024;
+  // Longest wait a "Prefer: wait=N" long-poll gets (larger N are cut to it).
+  // Default: 300 s.
+  std::chrono::seconds max_wait{300};
+  // Event streams (GET /v1/ckptd/events) open at once; beyond it 503.
+  // Default: 256.
+  std::size_t max_subscribers = 256;
+  // Event bytes queued for one stream that its client has not read yet; a
+  // client that falls further behind is disconnected (it reconnects with
+  // Last-Event-ID and misses nothing). Default: 1 MiB.
+  std::size_t max_subscriber_queue_bytes = 1024 * 1024;
+  // A stream with nothing to send gets a ": ping" comment this often, so
+  // proxies and clients can tell it is alive. Default: 15 s.
+  std::chrono::milliseconds heartbeat_interval{15000};
+  // Most recent events kept in memory to replay to reconnecting clients
+  // without reading the store. Default: 4096.
+  std::size_t recent_events = 4096;
+  // The event log, read only to replay history to a client reconnecting from
+  // further back than the in-memory events (off the HTTP thread). Not owned;
+  // must outlive the server. nullptr: such a client gets an "event: reset".
+  // Default: nullptr.
+  const store::index* event_store = nullptr;
+};
+
+// A job's status as llama-stack's PostTrainingJobStatusResponse reports it;
+// the watcher infers it from the job folder (rules in the README).
+struct job_status {
+  std::string status = "scheduled";  // scheduled, in_progress, completed, failed, cancelled
+  std::optional<std::int64_t> started_at_ns;
+  std::optional<std::int64_t> completed_at_ns;
+  friend bool operator==(const job_status&, const job_status&) = default;
 };
 
 class server {
@@ -68,11 +117,24 @@ class server {
   [[nodiscard]] std::uint16_t port() const;
   // Stops accepting and closes every connection once its response is out.
   void stop();
+  // Connections still open (after stop(): those still finishing), event
+  // streams and held long-polls included.
+  [[nodiscard]] std::size_t open_connections() const;
+  // Applies changed options to the running server without dropping
+  // connections: rate limits (each client's bucket keeps its share of a full
+  // bucket), auth tokens, CORS origins, limits, timeouts and bounds. The
+  // listening sockets and event_store are not changed. Applied before
+  // returning when called on the io_context's thread, else shortly after.
+  void reconfigure(const options& opts);
 
-  // The job's current checkpoints (any order); the job becomes known.
-  void publish(const std::string& job_uuid, std::vector<store::checkpoint> checkpoints);
+  // The job's current checkpoints (any order) and status; the job becomes known.
+  void publish(const std::string& job_uuid, std::vector<store::checkpoint> checkpoints,
+               job_status status = {});
   // The job is gone: its routes answer 404 from now on.
   void forget(const std::string& job_uuid);
+  // Events just written to the store (seq ascending, continuing the seqs
+  // passed before), for the open event streams and the in-memory ring.
+  void publish_events(std::vector<store::event> events);
   // /readyz answers 200 once ready, 503 before.
   void set_ready(bool ready);
 

@@ -15,6 +15,7 @@
 
 #include <boost/system/result.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -84,7 +85,7 @@ struct job_change {
   std::vector<event> events;               // appended to the event log, in this order
 };
 
-// How many events the log keeps, newest first. Trimming is amortized: the
+// How many of the newest events the log keeps. Trimming is amortized: the
 // log holds between `event_retention` and `event_retention` + 1% events
 // (at least one more) before the oldest are dropped down to exactly
 // `event_retention`, in the same write batch as the change that appends.
@@ -169,8 +170,9 @@ class index {
   // Errors: invalid_argument, with nothing written, when job_uuid or a path is
   // empty or holds a NUL, upsert_job->uuid or an event's job_uuid differs
   // from job_uuid, or an event's type is empty or holds NUL, CR or LF;
-  // io_error when the write (or the reopen before it) fails: nothing of the
-  // change is written, and no seq is used up.
+  // io_error when the write (or the reopen before it) fails, or busy or
+  // corrupt when that reopen finds the folder locked by another process or
+  // damaged: nothing of the change is written, and no seq is used up.
   [[nodiscard]] virtual boost::system::result<std::uint64_t> apply(const job_change& change) = 0;
 
   // All checkpoints of a job, in key order (by path), from one prefix scan.

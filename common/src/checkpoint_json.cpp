@@ -1,0 +1,238 @@
+#include <ckptd/checkpoint_json.hpp>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <tuple>
+
+namespace ckptd::json_text {
+namespace {
+
+constexpr std::string_view replacement_character = "\xEF\xBF\xBD";  // U+FFFD
+
+// How many bytes the sequence starting with `lead` has, and the range its
+// second byte must fall in (the later ones are always 80..BF). Zero length
+// means the byte cannot start a sequence.
+struct lead_info {
+  int length;
+  unsigned char second_lo;
+  unsigned char second_hi;
+};
+
+lead_info classify(unsigned char lead) {
+  if (lead < 0x80) return {1, 0, 0};
+  if (lead >= 0xC2 && lead <= 0xDF) return {2, 0x80, 0xBF};
+  if (lead == 0xE0) return {3, 0xA0, 0xBF};  // no overlongs
+  if (lead == 0xED) return {3, 0x80, 0x9F};  // no surrogates
+  if (lead >= 0xE1 && lead <= 0xEF) return {3, 0x80, 0xBF};
+  if (lead == 0xF0) return {4, 0x90, 0xBF};  // no overlongs
+  if (lead >= 0xF1 && lead <= 0xF3) return {4, 0x80, 0xBF};
+  if (lead == 0xF4) return {4, 0x80, 0x8F};  // nothing past U+10FFFF
+  return {0, 0, 0};
+}
+
+// Length of the well-formed sequence at `i`, or 0 with `consumed` set to the
+// length of the maximal ill-formed subpart (at least 1).
+std::size_t well_formed_length(std::string_view text, std::size_t i, std::size_t& consumed) {
+  const auto lead = static_cast<unsigned char>(text[i]);
+  const lead_info info = classify(lead);
+  if (info.length == 0) {
+    consumed = 1;
+    return 0;
+  }
+  for (int k = 1; k < info.length; ++k) {
+    const std::size_t at = i + static_cast<std::size_t>(k);
+    if (at >= text.size()) {
+      consumed = static_cast<std::size_t>(k);
+      return 0;
+    }
+    const auto byte = static_cast<unsigned char>(text[at]);
+    const unsigned char lo = k == 1 ? info.second_lo : 0x80;
+    const unsigned char hi = k == 1 ? info.second_hi : 0xBF;
+    if (byte < lo || byte > hi) {
+      consumed = static_cast<std::size_t>(k);
+      return 0;
+    }
+  }
+  return static_cast<std::size_t>(info.length);
+}
+
+bool is_valid_utf8(std::string_view text) {
+  for (std::size_t i = 0; i < text.size();) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    if (byte < 0x80) {  // the common case, without the table lookup
+      ++i;
+      continue;
+    }
+    std::size_t consumed = 0;
+    const std::size_t n = well_formed_length(text, i, consumed);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+
+void append_escaped(std::string& out, std::string_view valid) {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::size_t plain = 0;  // start of the run not yet copied
+  for (std::size_t i = 0; i < valid.size(); ++i) {
+    const auto c = static_cast<unsigned char>(valid[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out.append(valid.substr(plain, i - plain));
+    plain = i + 1;
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        out += "\\u00";
+        out += hex[c >> 4];
+        out += hex[c & 0xF];
+    }
+  }
+  out.append(valid.substr(plain));
+}
+
+}  // namespace
+
+std::string to_valid_utf8(std::string_view text) {
+  if (is_valid_utf8(text)) return std::string(text);
+  std::string out;
+  out.reserve(text.size() + 8);
+  for (std::size_t i = 0; i < text.size();) {
+    std::size_t consumed = 0;
+    const std::size_t n = well_formed_length(text, i, consumed);
+    if (n != 0) {
+      out.append(text.substr(i, n));
+      i += n;
+    } else {
+      out.append(replacement_character);
+      i += consumed;
+    }
+  }
+  return out;
+}
+
+std::string rfc3339_utc(std::int64_t ns_since_epoch) {
+  using namespace std::chrono;
+  const sys_time<nanoseconds> t{nanoseconds{ns_since_epoch}};
+  const auto day = floor<days>(t);
+  const year_month_day ymd{day};
+  const hh_mm_ss<microseconds> time{floor<microseconds>(t - day)};
+  // The int64 nanosecond range spans the years 1677 to 2262: always four digits.
+  char text[40];
+  const int n = std::snprintf(
+      text, sizeof text, "%04d-%02u-%02uT%02d:%02d:%02d.%06dZ", static_cast<int>(ymd.year()),
+      static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
+      static_cast<int>(time.hours().count()), static_cast<int>(time.minutes().count()),
+      static_cast<int>(time.seconds().count()), static_cast<int>(time.subseconds().count()));
+  return std::string(text, static_cast<std::size_t>(n));
+}
+
+void append_string(std::string& out, std::string_view text) {
+  out += '"';
+  if (is_valid_utf8(text)) {
+    append_escaped(out, text);
+  } else {
+    append_escaped(out, to_valid_utf8(text));
+  }
+  out += '"';
+}
+
+void append_number(std::string& out, double value) {
+  if (!std::isfinite(value)) {
+    out += "null";
+    return;
+  }
+  // Shortest round-trip form: "%.17g" would print 0.1 as 0.10000000000000001.
+  char text[32];
+  const auto [end, ec] = std::to_chars(text, text + sizeof text, value);
+  const std::string_view printed(text, ec == std::errc() ? static_cast<std::size_t>(end - text) : 0);
+  out.append(printed);
+  if (printed.find_first_of(".e") == std::string_view::npos) out += ".0";
+}
+
+void append_integer(std::string& out, std::int64_t value) {
+  char text[24];
+  const auto [end, ec] = std::to_chars(text, text + sizeof text, value);
+  out.append(text, ec == std::errc() ? static_cast<std::size_t>(end - text) : 0);
+}
+
+bool metrics_writable(const store::training_metrics& m) {
+  return std::isfinite(m.train_loss) && std::isfinite(m.validation_loss) &&
+         std::isfinite(m.perplexity);
+}
+
+void append_checkpoint(std::string& out, const store::checkpoint& c, std::string_view job_uuid) {
+  out += "{\"identifier\":";
+  append_string(out, c.identifier);
+  out += ",\"created_at\":\"";
+  out += rfc3339_utc(c.created_at_ns);
+  out += "\",\"epoch\":";
+  append_integer(out, c.epoch);
+  out += ",\"post_training_job_id\":";
+  append_string(out, job_uuid);
+  out += ",\"path\":";
+  append_string(out, c.path);
+  if (c.metrics && metrics_writable(*c.metrics)) {
+    out += ",\"training_metrics\":{\"epoch\":";
+    append_integer(out, c.metrics->epoch);
+    out += ",\"train_loss\":";
+    append_number(out, c.metrics->train_loss);
+    out += ",\"validation_loss\":";
+    append_number(out, c.metrics->validation_loss);
+    out += ",\"perplexity\":";
+    append_number(out, c.metrics->perplexity);
+    out += '}';
+  }
+  out += '}';
+}
+
+std::string checkpoint(const store::checkpoint& c, std::string_view job_uuid) {
+  std::string out;
+  out.reserve(256 + c.path.size());
+  append_checkpoint(out, c, job_uuid);
+  return out;
+}
+
+void order_checkpoints(std::vector<store::checkpoint>& checkpoints) {
+  std::sort(checkpoints.begin(), checkpoints.end(),
+            [](const store::checkpoint& a, const store::checkpoint& b) {
+              return std::tie(a.epoch, a.step, a.created_at_ns, a.path) <
+                     std::tie(b.epoch, b.step, b.created_at_ns, b.path);
+            });
+}
+
+void append_checkpoints(std::string& out, const std::vector<store::checkpoint>& ordered,
+                        std::string_view job_uuid) {
+  out += '[';
+  bool first = true;
+  for (const store::checkpoint& c : ordered) {
+    if (!first) out += ',';
+    first = false;
+    append_checkpoint(out, c, job_uuid);
+  }
+  out += ']';
+}
+
+}  // namespace ckptd::json_text
