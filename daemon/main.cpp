@@ -10,6 +10,7 @@
 
 #include <ckptd/api.hpp>
 #include <ckptd/log.hpp>
+#include <ckptd/metrics.hpp>
 #include <ckptd/store.hpp>
 #include <ckptd/watcher.hpp>
 
@@ -39,7 +40,8 @@ constexpr auto shutdown_grace = std::chrono::seconds(4);
 // systemd's STATUS= line is refreshed at most this often.
 constexpr auto status_interval = std::chrono::seconds(1);
 
-api::options api_options(const daemon::settings& s, std::vector<int> sockets) {
+api::options api_options(const daemon::settings& s, std::vector<int> sockets,
+                         const store::index* event_store) {
   api::options o;
   o.listen_host = s.listen_host;
   o.listen_port = s.listen_port;
@@ -49,6 +51,7 @@ api::options api_options(const daemon::settings& s, std::vector<int> sockets) {
   o.auth_tokens = s.auth_tokens;
   o.cors_origins = s.cors_origins;
   o.max_connections = s.max_connections;
+  o.event_store = event_store;
   return o;
 }
 
@@ -77,7 +80,8 @@ std::string clock_time_now() {
 // line current. Runs on the watcher's thread.
 class publisher {
  public:
-  publisher(store::index& index, api::server& server) : index_(index), server_(server) {}
+  publisher(store::index& index, api::server& server)
+      : index_(index), server_(server), last_event_seq_(index.last_event_seq()) {}
 
   // Re-reads one job from the index (one prefix scan) and hands it to the API.
   void job_changed(const std::string& uuid) {
@@ -96,10 +100,33 @@ class publisher {
         return;
       }
       counts_[uuid] = checkpoints->size();
-      server_.publish(uuid, std::move(*checkpoints));
+      api::job_status status;
+      const store::job& record = **job;
+      if (!record.status.empty()) status.status = record.status;
+      if (record.started_at_ns != 0) status.started_at_ns = record.started_at_ns;
+      if (record.completed_at_ns != 0) status.completed_at_ns = record.completed_at_ns;
+      server_.publish(uuid, std::move(*checkpoints), status);
     }
+    publish_new_events();
     last_event_ = "job " + uuid + " changed at " + clock_time_now();
     report_status(/*force=*/false);
+  }
+
+  // Hands the events written since the last call to the API's subscribers,
+  // in sequence order: one range scan of the index's event log.
+  void publish_new_events() {
+    for (;;) {
+      auto events = index_.events_after(last_event_seq_, events_per_read);
+      if (!events) {
+        log::error("cannot read the event log: ", events.error().message());
+        return;
+      }
+      if (events->empty()) return;
+      last_event_seq_ = events->back().seq;
+      const bool more = events->size() == events_per_read;
+      server_.publish_events(std::move(*events));
+      if (!more) return;
+    }
   }
 
   void report_status(bool force) {
@@ -108,6 +135,8 @@ class publisher {
     last_status_ = now;
     std::size_t checkpoints = 0;
     for (auto& [uuid, n] : counts_) checkpoints += n;
+    metrics::checkpoints_indexed.set(static_cast<double>(checkpoints));
+    metrics::jobs_indexed.set(static_cast<double>(counts_.size()));
     service::notify("STATUS=" + std::to_string(counts_.size()) + " jobs, " +
                     std::to_string(checkpoints) + " checkpoints" +
                     (last_event_.empty() ? "" : "; last: " + last_event_));
@@ -117,6 +146,8 @@ class publisher {
   store::index& index_;
   api::server& server_;
   std::map<std::string, std::size_t> counts_;
+  std::uint64_t last_event_seq_;
+  static constexpr std::size_t events_per_read = 1024;
   std::string last_event_;
   std::chrono::steady_clock::time_point last_status_{};
 };
@@ -151,7 +182,7 @@ int run(daemon::settings s, int argc, char** argv) {
   net::io_context http_ctx(1);
   net::io_context watch_ctx(1);
 
-  api::server server(http_ctx, api_options(s, service::activated_sockets()));
+  api::server server(http_ctx, api_options(s, service::activated_sockets(), &index));
   try {
     server.start();
   } catch (const std::exception& e) {
@@ -237,7 +268,7 @@ int run(daemon::settings s, int argc, char** argv) {
             (!fresh.demo_dir && fresh.db != s.db))
           log::warning("listen and db changes take effect at the next restart");
         log::set_threshold(fresh.log_level);
-        server.reconfigure(api_options(fresh, {}));
+        server.reconfigure(api_options(fresh, {}, &index));
         net::post(watch_ctx, [&watch, o = watcher_options(fresh)] { watch.reconfigure(o); });
         s = fresh;
         log::notice("configuration reloaded");

@@ -2,9 +2,13 @@
 // bodies, routing) with hand-built inputs, then the server over loopback.
 
 #include <ckptd/api.hpp>
+#include <ckptd/checkpoint_json.hpp>
+#include <ckptd/metrics.hpp>
+#include <ckptd/store.hpp>
 
 #include "artifacts_json.hpp"
 #include "catalog.hpp"
+#include "events.hpp"
 #include "query.hpp"
 #include "rate_limiter.hpp"
 #include "router.hpp"
@@ -14,8 +18,10 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/error.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
@@ -23,12 +29,25 @@
 #include <boost/json/value.hpp>
 #include <boost/test/unit_test.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
+#include <zlib.h>
 
+#include <algorithm>
+#include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <map>
+#include <random>
+#include <set>
 #include <limits>
 #include <optional>
 #include <regex>
@@ -66,8 +85,35 @@ json::value load_schema(const std::string& status) {
 // (object/array/string/integer/number), properties, required,
 // additionalProperties false, items, and format date-time. Returns the first
 // violation, or an empty string.
+const json::value& openapi_spec() {
+  static const json::value spec = [] {
+    std::ifstream in(CKPTD_SPEC_DIR "/post-training-openapi.json");
+    BOOST_REQUIRE_MESSAGE(in, "cannot open " CKPTD_SPEC_DIR "/post-training-openapi.json");
+    std::stringstream text;
+    text << in.rdbuf();
+    return json::parse(text.str());
+  }();
+  return spec;
+}
+
+const json::value& spec_schema(std::string_view name) {
+  return openapi_spec().at("components").at("schemas").at(name);
+}
+
 std::string violation(const json::value& schema, const json::value& v, const std::string& at) {
   const json::object& s = schema.as_object();
+  if (s.contains("$ref")) {
+    const std::string ref(s.at("$ref").as_string());
+    const std::string prefix = "#/components/schemas/";
+    if (ref.rfind(prefix, 0) != 0) return at + ": checker cannot follow " + ref;
+    return violation(spec_schema(ref.substr(prefix.size())), v, at);
+  }
+  if (s.contains("enum")) {
+    const json::array& allowed = s.at("enum").as_array();
+    if (std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
+      return at + ": not one of the enum values";
+    }
+  }
   const std::string type = s.contains("type") ? std::string(s.at("type").as_string()) : "";
   if (type == "object") {
     if (!v.is_object()) return at + ": not an object";
@@ -116,6 +162,13 @@ std::string violation(const json::value& schema, const json::value& v, const std
     return at + ": checker does not know type " + type;
   }
   return {};
+}
+
+void check_spec_schema(std::string_view name, const std::string& body) {
+  json::value parsed;
+  BOOST_REQUIRE_NO_THROW(parsed = json::parse(body));
+  const std::string bad = violation(spec_schema(name), parsed, "$");
+  BOOST_TEST(bad.empty(), bad << " in " << body);
 }
 
 void check_schema(const std::string& status, const std::string& body) {
@@ -782,8 +835,8 @@ BOOST_AUTO_TEST_CASE(server_rate_limits_with_retry_after, *boost::unit_test::tim
   opts.rate_burst = 2;
   running_server s(opts);
   client c(s.srv.port());
-  BOOST_TEST(c.get("/healthz").result_int() == 200);
-  BOOST_TEST(c.get("/healthz").result_int() == 200);
+  BOOST_TEST(c.get("/v1/post-training/jobs").result_int() == 200);
+  BOOST_TEST(c.get("/metrics").result_int() == 200);
   for (int i = 0; i < 2; ++i) {
     auto limited = c.get("/v1/post-training/jobs");
     BOOST_TEST(limited.result_int() == 429);
@@ -801,14 +854,19 @@ BOOST_AUTO_TEST_CASE(server_rate_limits_with_retry_after, *boost::unit_test::tim
     BOOST_TEST(limited.keep_alive());
   }
   // HEAD gets the headers only; the connection stays in step.
-  c.send("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+  c.send("HEAD /v1/post-training/jobs HTTP/1.1\r\nHost: x\r\n\r\n");
   auto head = c.read(/*head=*/true);
   BOOST_TEST(head.result_int() == 429);
   BOOST_TEST(head.body().empty());
-  BOOST_TEST(c.get("/healthz").result_int() == 429);
+  BOOST_TEST(c.get("/openapi.json").result_int() == 429);
+  // Probes are never limited.
+  for (int i = 0; i < 5; ++i) {
+    BOOST_TEST(c.get("/healthz").result_int() == 200);
+    BOOST_TEST(c.get("/readyz").result_int() == 503);
+  }
   // A second connection from the same address shares the bucket.
   client other(s.srv.port());
-  BOOST_TEST(other.get("/healthz").result_int() == 429);
+  BOOST_TEST(other.get("/v1/post-training/jobs").result_int() == 429);
 }
 
 BOOST_AUTO_TEST_CASE(server_enforces_size_limits, *boost::unit_test::timeout(60)) {

@@ -62,7 +62,8 @@ std::ostream& operator<<(std::ostream& os, const checkpoint& c) {
 }
 std::ostream& operator<<(std::ostream& os, const job& j) {
   return os << "{uuid=" << codec::printable(j.uuid) << " dir=" << codec::printable(j.dir)
-            << " first_seen_ns=" << j.first_seen_ns << "}";
+            << " first_seen_ns=" << j.first_seen_ns << " status=" << j.status
+            << " started_at_ns=" << j.started_at_ns << " completed_at_ns=" << j.completed_at_ns << "}";
 }
 std::ostream& operator<<(std::ostream& os, const event& e) {
   return os << "{seq=" << e.seq << " job_uuid=" << codec::printable(e.job_uuid)
@@ -474,7 +475,8 @@ BOOST_AUTO_TEST_CASE(doubles_keep_their_exact_bits) {
 }
 
 BOOST_AUTO_TEST_CASE(job_and_schema_round_trip) {
-  const store::job j{.uuid = "u", .dir = "/jobs/ü", .first_seen_ns = -7};
+  const store::job j{.uuid = "u", .dir = "/jobs/ü", .first_seen_ns = -7, .status = "in_progress",
+                     .started_at_ns = 5, .completed_at_ns = -3};
   auto back = codec::decode_job(codec::encode_job(j), "u");
   BOOST_TEST_REQUIRE(back.has_value());
   BOOST_TEST(*back == j);
@@ -494,7 +496,9 @@ BOOST_AUTO_TEST_CASE(encodings_are_pinned_little_endian) {
              "\x01"
              "\x02\0\0\0"
              "/d"
-             "\x08\x07\x06\x05\x04\x03\x02\x01"s);
+             "\x08\x07\x06\x05\x04\x03\x02\x01"
+             "\0\0\0\0"                           // status: empty
+             "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0"s);  // started_at, completed_at
   store::checkpoint c;
   c.path = "/not-in-value";
   c.identifier = "i";

@@ -1,16 +1,25 @@
 // The I/O shell of ckptd::api: accept connections, parse HTTP/1.1, enforce
-// the per-connection limits, and write what router.cpp decides.
+// the per-connection limits, and write what router.cpp decides; hold
+// long-polls and feed event streams.
 //
 // One coroutine per connection reads a request, answers it and reads the
 // next, so pipelined requests are answered in order and at most one request
 // per connection is in flight. Everything runs on the io_context's thread;
-// other threads only post to it.
+// other threads only post to it. The one exception is the event log: a
+// client reconnecting from further back than the in-memory ring is served
+// from RocksDB, read on a one-thread pool of the server's own.
+//
+// Waiting costs no thread: a held long-poll is a timer in `waiters_`, keyed
+// by the body it waits on, and publish() cancels the timers of the bodies it
+// replaces; an event stream is a timer and a queue in `subscribers_`.
 
 #include <ckptd/api.hpp>
 #include <ckptd/log.hpp>
+#include <ckptd/metrics.hpp>
 
 #include "artifacts_json.hpp"
 #include "catalog.hpp"
+#include "events.hpp"
 #include "rate_limiter.hpp"
 #include "router.hpp"
 
@@ -22,13 +31,17 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
+#include <boost/beast/http/serializer.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 
@@ -37,13 +50,17 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <ctime>
 #include <exception>
 #include <limits>
 #include <list>
+#include <map>
+#include <optional>
 #include <string>
 #include <system_error>
+#include <unordered_map>
 #include <utility>
 
 namespace ckptd::api {
@@ -54,6 +71,7 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = net::ip::tcp;
 using error_code = boost::system::error_code;
+using steady_clock = std::chrono::steady_clock;
 
 // Boost 1.81 has no bare `as_tuple` default token: spell it out at each call,
 // so a closed peer or a timeout is an `if`, not an exception.
@@ -72,10 +90,27 @@ constexpr std::size_t max_rejecting = 64;
 constexpr auto accept_retry_delay = std::chrono::milliseconds(100);
 // Accept failures are logged at most once per this interval.
 constexpr auto accept_log_interval = std::chrono::seconds(10);
+// Events read from the store per page when replaying history; the page is
+// written out before the next is read, so a long replay needs little memory.
+constexpr std::size_t replay_page_events = 1000;
+// Store reads that may find the ring still ahead of them before the client
+// gets a reset (only an event published without being stored causes that).
+constexpr int max_replay_gaps = 3;
+// Time allowed for the last chunk of an event stream when the server stops.
+constexpr auto stream_goodbye_time = std::chrono::seconds(1);
+// Retry-After of a 503 for too many waiters or streams.
+constexpr auto busy_retry_after = std::chrono::seconds(1);
 
 struct connection {
-  explicit connection(tcp::socket socket) : stream(std::move(socket)) {}
+  explicit connection(tcp::socket socket)
+      : stream(std::move(socket)), deadline(stream.get_executor()) {}
   beast::tcp_stream stream;
+  // The request deadline (read_timeout). Beast's own stream timeout closes
+  // the socket when it fires, which leaves no way to answer 408; this timer
+  // only cancels the read, so the answer can still go out.
+  net::steady_timer deadline;
+  std::uint64_t deadline_generation = 0;
+  bool deadline_hit = false;
   bool writing = false;  // stop() lets a response being written finish
 };
 
@@ -153,6 +188,48 @@ std::string http_date(std::time_t t) {
   return std::string(text, static_cast<std::size_t>(n));
 }
 
+std::string_view header_value(const http::request<http::string_body>& req, http::field f) {
+  const auto it = req.find(f);
+  return it == req.end() ? std::string_view() : std::string_view(it->value());
+}
+
+std::string_view header_value(const http::request<http::string_body>& req,
+                              std::string_view name) {
+  const auto it = req.find(name);
+  return it == req.end() ? std::string_view() : std::string_view(it->value());
+}
+
+// What one store read for a replaying client found.
+struct replay_page {
+  bool failed = false;
+  std::uint64_t first_seq = 0;  // of the log, when read
+  std::uint64_t last_seq = 0;
+  std::vector<store::event> events;  // after the asked seq, at most replay_page_events
+};
+
+// Runs on the server's pool: RocksDB reads never block the HTTP thread.
+net::awaitable<replay_page> read_replay_page(const store::index* log, std::uint64_t after,
+                                             bool events_too) {
+  replay_page page;
+  try {
+    page.first_seq = log->first_event_seq();
+    page.last_seq = log->last_event_seq();
+    if (events_too) {
+      auto events = log->events_after(after, replay_page_events);
+      if (events) {
+        page.events = std::move(*events);
+      } else {
+        log::error("cannot read the event log: ", events.error().message());
+        page.failed = true;
+      }
+    }
+  } catch (const std::exception& e) {
+    log::error("cannot read the event log: ", e.what());
+    page.failed = true;
+  }
+  co_return page;
+}
+
 }  // namespace
 
 class server::impl : public std::enable_shared_from_this<impl> {
@@ -160,18 +237,23 @@ class server::impl : public std::enable_shared_from_this<impl> {
   impl(net::io_context& ctx, options opts)
       : ctx_(ctx),
         opts_(std::move(opts)),
-        limiter_({opts_.rate_limit, opts_.rate_burst}, opts_.rate_clients) {}
+        limiter_({opts_.rate_limit, opts_.rate_burst}, opts_.rate_clients),
+        ring_(opts_.recent_events) {
+    if (opts_.event_store != nullptr) pool_ = std::make_unique<net::thread_pool>(1);
+  }
+  ~impl() {
+    if (pool_) pool_->join();
+  }
+  impl(const impl&) = delete;
+  impl& operator=(const impl&) = delete;
 
   void start();
   void stop();
   void reconfigure(const options& opts);
-
   void put(const std::string& job_uuid, std::shared_ptr<const cached_body> artifacts,
-           std::shared_ptr<const cached_body> status) {
-    catalog_.put(job_uuid, std::move(artifacts), std::move(status));
-    // Long-poll and SSE waiters on this job will be woken here.
-  }
-  void erase(const std::string& job_uuid) { catalog_.erase(job_uuid); }
+           std::shared_ptr<const cached_body> status);
+  void erase(const std::string& job_uuid);
+  void deliver(std::vector<store::event> events);
 
   net::io_context& ctx_;
   // Replaced as a whole by reconfigure(), on the io_context's thread; sessions
@@ -191,11 +273,13 @@ class server::impl : public std::enable_shared_from_this<impl> {
     registration(impl& owner, connection* conn, std::size_t& counter)
         : owner_(owner), it_(owner.live_.insert(owner.live_.end(), conn)), counter_(counter) {
       owner_.open_.fetch_add(1, std::memory_order_relaxed);
+      metrics::http_open_connections.inc();
     }
     ~registration() {
       owner_.live_.erase(it_);
       --counter_;
       owner_.open_.fetch_sub(1, std::memory_order_relaxed);
+      metrics::http_open_connections.dec();
     }
     registration(const registration&) = delete;
     registration& operator=(const registration&) = delete;
@@ -206,21 +290,48 @@ class server::impl : public std::enable_shared_from_this<impl> {
     std::size_t& counter_;
   };
 
+  // One open event stream.
+  struct subscriber {
+    explicit subscriber(net::any_io_executor ex) : wake(std::move(ex)) {}
+    connection* conn = nullptr;
+    std::string job;          // only this job's events; empty: all
+    std::string queue;        // frames not yet handed to the socket
+    std::size_t in_flight = 0;  // bytes being written
+    std::uint64_t cursor = 0;   // newest seq already considered
+    bool live = false;          // past its replay: deliver() feeds it
+    bool overflow = false;      // fell too far behind: to be disconnected
+    net::steady_timer wake;     // cancelled when there is something to send
+  };
+
   static net::awaitable<void> accept_loop(std::shared_ptr<impl> self,
-                                         std::shared_ptr<tcp::acceptor> acceptor);
+                                          std::shared_ptr<tcp::acceptor> acceptor);
   void listen_on_address();
   void adopt(int fd);
   static net::awaitable<void> serve(std::shared_ptr<impl> self, std::shared_ptr<connection> conn,
                                     std::string client);
   static net::awaitable<void> reject(std::shared_ptr<impl> self, std::shared_ptr<connection> conn);
+  static net::awaitable<void> stream_events(std::shared_ptr<impl> self,
+                                            std::shared_ptr<connection> conn, response res,
+                                            unsigned version);
 
-  // These two are awaited at once by serve() or reject(), whose frames own
-  // the connection and buffer they are given.
+  // These are awaited at once by serve(), reject() or stream_events(), whose
+  // frames own the connection, buffer and request they are given.
   net::awaitable<bool> write(connection& conn, const response& res, unsigned version,
                              bool keep_alive, std::chrono::milliseconds timeout);
   static net::awaitable<void> linger_and_close(connection& conn, beast::flat_buffer& buffer);
+  net::awaitable<response> hold(const http::request<http::string_body>& req, response res);
+  net::awaitable<bool> replay(subscriber& sub, std::optional<std::uint64_t> last_event_id,
+                              bool chunked);
+  net::awaitable<bool> flush(subscriber& sub, bool chunked);
 
+  void arm_deadline(const std::shared_ptr<connection>& conn);
+  static void disarm_deadline(connection& conn);
   response respond(const http::request<http::string_body>& req);
+  void finish(response& res, const http::request<http::string_body>& req);
+  void count(const response& res, steady_clock::time_point started);
+  void wake(const std::string& key);
+  void queue_for(subscriber& sub, const store::event& e);
+  [[nodiscard]] std::string render_metrics() const;
   const std::string& date();
 
   std::vector<std::shared_ptr<tcp::acceptor>> acceptors_;
@@ -233,6 +344,13 @@ class server::impl : public std::enable_shared_from_this<impl> {
   std::size_t rejecting_ = 0;
   std::time_t date_time_ = -1;
   std::string date_text_;
+
+  std::unordered_multimap<std::string, net::steady_timer*> waiters_;
+  std::list<subscriber*> subscribers_;
+  event_ring ring_;
+  std::unique_ptr<net::thread_pool> pool_;  // only with an event_store
+  // ckptd_http_requests_total, by (route label, status).
+  std::map<std::pair<std::string_view, unsigned>, std::uint64_t> requests_;
 };
 
 void server::impl::start() {
@@ -315,28 +433,78 @@ void server::impl::stop() {
   for (connection* conn : live_) {
     if (!conn->writing) conn->stream.cancel();
   }
+  // Held long-polls answer with what they have; streams end.
+  for (auto& [key, timer] : waiters_) timer->cancel();
+  for (subscriber* sub : subscribers_) sub->wake.cancel();
 }
 
 void server::impl::reconfigure(const options& opts) {
-  // The listening sockets stay as they are.
+  // The listening sockets and the event log stay as they are.
   options next = opts;
   next.listen_host = opts_.listen_host;
   next.listen_port = opts_.listen_port;
   next.listen_fds = opts_.listen_fds;
+  next.event_store = opts_.event_store;
   opts_ = std::move(next);
   limiter_.reconfigure({opts_.rate_limit, opts_.rate_burst}, opts_.rate_clients);
+  ring_.set_capacity(opts_.recent_events);
+}
+
+void server::impl::put(const std::string& job_uuid, std::shared_ptr<const cached_body> artifacts,
+                       std::shared_ptr<const cached_body> status) {
+  const bool new_job = catalog_.put(job_uuid, std::move(artifacts), std::move(status));
+  wake("a/" + job_uuid);
+  wake("s/" + job_uuid);
+  if (new_job) wake("j");
+}
+
+void server::impl::erase(const std::string& job_uuid) {
+  if (!catalog_.erase(job_uuid)) return;
+  wake("a/" + job_uuid);
+  wake("s/" + job_uuid);
+  wake("j");
+}
+
+void server::impl::wake(const std::string& key) {
+  const auto [first, last] = waiters_.equal_range(key);
+  for (auto it = first; it != last; ++it) it->second->cancel();
+}
+
+void server::impl::queue_for(subscriber& sub, const store::event& e) {
+  if (e.seq <= sub.cursor) return;
+  sub.cursor = e.seq;
+  if (sub.job.empty() || sub.job == e.job_uuid) append_sse_event(sub.queue, e);
+}
+
+void server::impl::deliver(std::vector<store::event> events) {
+  for (store::event& e : events) {
+    for (subscriber* sub : subscribers_) {
+      if (sub->live) queue_for(*sub, e);
+    }
+    ring_.push(std::move(e));
+  }
+  for (subscriber* sub : subscribers_) {
+    if (!sub->live || sub->queue.empty()) continue;
+    if (sub->queue.size() + sub->in_flight > opts_.max_subscriber_queue_bytes) {
+      // Its client reads too slowly; it will reconnect with Last-Event-ID.
+      sub->overflow = true;
+      sub->queue.clear();
+      sub->conn->stream.cancel();
+    }
+    sub->wake.cancel();
+  }
 }
 
 net::awaitable<void> server::impl::accept_loop(std::shared_ptr<impl> self,
                                                std::shared_ptr<tcp::acceptor> acceptor) {
-  auto last_log = std::chrono::steady_clock::time_point::min();
+  auto last_log = steady_clock::time_point::min();
   for (;;) {
     auto [ec, socket] = co_await acceptor->async_accept(use_tuple);
     if (self->stopping_ || !acceptor->is_open()) co_return;
     if (ec) {
       // EMFILE and friends: the pending connection stays queued; wait a bit
       // rather than spinning on the same failure.
-      const auto now = std::chrono::steady_clock::now();
+      const auto now = steady_clock::now();
       if (now - last_log >= accept_log_interval) {
         log::warning("cannot accept an http connection: ", ec.message());
         last_log = now;
@@ -364,7 +532,7 @@ net::awaitable<void> server::impl::reject(std::shared_ptr<impl> self,
                                           std::shared_ptr<connection> conn) {
   registration reg(*self, conn.get(), self->rejecting_);
   response res = error_response(503, "ckptd has too many open connections; try again later.");
-  res.retry_after = std::chrono::seconds(1);
+  res.retry_after = busy_retry_after;
   beast::flat_buffer buffer;
   const auto timeout =
       std::min<std::chrono::milliseconds>(self->opts_.write_timeout, std::chrono::seconds(5));
@@ -373,16 +541,45 @@ net::awaitable<void> server::impl::reject(std::shared_ptr<impl> self,
   }
 }
 
+void server::impl::arm_deadline(const std::shared_ptr<connection>& conn) {
+  const std::uint64_t generation = ++conn->deadline_generation;
+  conn->deadline_hit = false;
+  conn->deadline.expires_after(opts_.read_timeout);
+  conn->deadline.async_wait([weak = std::weak_ptr<connection>(conn), generation](error_code ec) {
+    const auto c = weak.lock();
+    // A wait that completed just before being re-armed still runs: the
+    // generation tells it apart.
+    if (ec || !c || c->deadline_generation != generation) return;
+    c->deadline_hit = true;
+    c->stream.cancel();
+  });
+}
+
+void server::impl::disarm_deadline(connection& conn) {
+  ++conn.deadline_generation;
+  conn.deadline.cancel();
+}
+
 net::awaitable<void> server::impl::serve(std::shared_ptr<impl> self,
                                          std::shared_ptr<connection> conn, std::string client) {
   registration reg(*self, conn.get(), self->connections_);
   const options& opts = self->opts_;
   beast::flat_buffer buffer;
   bool first = true;
+
+  // Answers a request that did not arrive whole within read_timeout, then
+  // closes (what is left of it cannot be told from the next request).
+  auto timed_out = [&]() -> response {
+    response res = error_response(408, "The request was not received within " +
+                                           std::to_string(opts.read_timeout.count()) + " ms.");
+    return res;
+  };
+
   for (;;) {
     if (self->stopping_) break;
     // Wait for the next request's first byte under the idle timeout (the read
     // timeout for a new connection); pipelined input is already buffered.
+    // Nothing has arrived, so a timeout here just closes.
     if (buffer.size() == 0) {
       conn->stream.expires_after(first ? opts.read_timeout : opts.idle_timeout);
       auto [ec, n] =
@@ -392,45 +589,67 @@ net::awaitable<void> server::impl::serve(std::shared_ptr<impl> self,
       if (self->stopping_) break;
     }
     first = false;
+    // From its first byte, a request has read_timeout to arrive whole.
+    conn->stream.expires_never();
+    self->arm_deadline(conn);
 
     http::request_parser<http::string_body> parser;
     parser.header_limit(static_cast<std::uint32_t>(
         std::min<std::size_t>(opts.max_header_bytes, std::numeric_limits<std::uint32_t>::max())));
     parser.body_limit(opts.max_body_bytes);
-    conn->stream.expires_after(opts.read_timeout);
     auto [header_ec, header_n] =
         co_await http::async_read_header(conn->stream, buffer, parser, use_tuple);
     if (header_ec) {
-      if (!is_protocol_error(header_ec)) co_return;
-      const response res = error_response(status_for_parse_error(header_ec),
-                                          detail_for_parse_error(header_ec, opts));
+      disarm_deadline(*conn);
+      response res;
+      if (conn->deadline_hit && !self->stopping_) {
+        res = timed_out();
+      } else if (is_protocol_error(header_ec)) {
+        res = error_response(status_for_parse_error(header_ec),
+                             detail_for_parse_error(header_ec, opts));
+      } else {
+        co_return;
+      }
       if (co_await self->write(*conn, res, 11, /*keep_alive=*/false, opts.write_timeout)) {
         co_await linger_and_close(*conn, buffer);
       }
       co_return;
     }
+    const auto started = steady_clock::now();
     const auto& req = parser.get();
     const unsigned version = req.version();
     const bool head = req.method() == http::verb::head;
+    const route_id route = route_of(req.target());
 
-    // The rate limit comes before any other work on the request.
-    if (self->limiter_.enabled()) {
-      const auto verdict = self->limiter_.take(client, std::chrono::steady_clock::now());
+    // The rate limit comes before any other work on the request. Probes are
+    // exempt: a liveness check must never be told 429.
+    if (self->limiter_.enabled() && !is_probe(route)) {
+      const auto verdict = self->limiter_.take(client, steady_clock::now());
       if (!verdict.allowed) {
+        disarm_deadline(*conn);
+        metrics::http_rate_limited.inc();
         // An unread body would be taken for the next request: close instead.
         const bool keep_alive = req.keep_alive() && parser.is_done() && !self->stopping_;
         response res = rate_limited_response(verdict.wait);
+        res.route = route;
         res.send_body = !head;
-        if (!co_await self->write(*conn, res, version, keep_alive, opts.write_timeout)) co_return;
+        self->finish(res, req);
+        const bool sent = co_await self->write(*conn, res, version, keep_alive, opts.write_timeout);
+        self->count(res, started);
+        if (!sent) co_return;
         if (!keep_alive) break;
         continue;
       }
     }
 
     if (req.target().size() > opts.max_target_bytes) {
+      disarm_deadline(*conn);
       response res = error_response(414, "The request target is longer than " +
                                              std::to_string(opts.max_target_bytes) + " bytes.");
+      res.route = route;
       res.send_body = !head;
+      self->finish(res, req);
+      self->count(res, started);
       if (co_await self->write(*conn, res, version, /*keep_alive=*/false, opts.write_timeout)) {
         co_await linger_and_close(*conn, buffer);
       }
@@ -440,20 +659,48 @@ net::awaitable<void> server::impl::serve(std::shared_ptr<impl> self,
     if (!parser.is_done()) {
       auto [body_ec, body_n] = co_await http::async_read(conn->stream, buffer, parser, use_tuple);
       if (body_ec) {
-        if (!is_protocol_error(body_ec)) co_return;
-        response res =
-            error_response(status_for_parse_error(body_ec), detail_for_parse_error(body_ec, opts));
+        disarm_deadline(*conn);
+        response res;
+        if (conn->deadline_hit && !self->stopping_) {
+          res = timed_out();
+        } else if (is_protocol_error(body_ec)) {
+          res = error_response(status_for_parse_error(body_ec),
+                               detail_for_parse_error(body_ec, opts));
+        } else {
+          co_return;
+        }
+        res.route = route;
         res.send_body = !head;
+        self->finish(res, parser.get());
+        self->count(res, started);
         if (co_await self->write(*conn, res, version, /*keep_alive=*/false, opts.write_timeout)) {
           co_await linger_and_close(*conn, buffer);
         }
         co_return;
       }
     }
+    disarm_deadline(*conn);
 
-    const response res = self->respond(parser.get());
+    response res = self->respond(parser.get());
+    if (res.wait.count() > 0) res = co_await self->hold(parser.get(), std::move(res));
+    if (res.events) {
+      if (self->subscribers_.size() >= opts.max_subscribers) {
+        res = error_response(503, "Too many event streams are open; try again later.");
+        res.route = route_id::events;
+        res.retry_after = busy_retry_after;
+      } else {
+        self->finish(res, parser.get());
+        self->count(res, started);
+        co_await stream_events(self, conn, std::move(res), version);
+        co_return;
+      }
+    }
+    if (res.metrics) res.body = std::make_shared<const std::string>(self->render_metrics());
+    self->finish(res, parser.get());
     const bool keep_alive = parser.get().keep_alive() && !self->stopping_;
-    if (!co_await self->write(*conn, res, version, keep_alive, opts.write_timeout)) co_return;
+    const bool sent = co_await self->write(*conn, res, version, keep_alive, opts.write_timeout);
+    self->count(res, started);
+    if (!sent) co_return;
     if (!keep_alive) break;
   }
   co_await linger_and_close(*conn, buffer);
@@ -464,14 +711,254 @@ response server::impl::respond(const http::request<http::string_body>& req) {
     request view;
     view.method = req.method_string();
     view.target = req.target();
-    if (const auto it = req.find(http::field::if_none_match); it != req.end()) {
-      view.if_none_match = it->value();
-    }
-    return handle(view, catalog_, ready_.load(std::memory_order_relaxed));
+    view.if_none_match = header_value(req, http::field::if_none_match);
+    view.accept_encoding = header_value(req, http::field::accept_encoding);
+    view.authorization = header_value(req, http::field::authorization);
+    view.origin = header_value(req, http::field::origin);
+    view.access_control_request_method =
+        header_value(req, http::field::access_control_request_method);
+    view.prefer = header_value(req, "Prefer");
+    view.last_event_id = header_value(req, "Last-Event-ID");
+    view.body = req.body();
+    return handle(view, catalog_, ready_.load(std::memory_order_relaxed), opts_);
   } catch (const std::exception& e) {
     log::error("cannot answer ", req.method_string(), " ", req.target(), ": ", e.what());
     return internal_error_response();
   }
+}
+
+void server::impl::finish(response& res, const http::request<http::string_body>& req) {
+  add_cors(res, header_value(req, http::field::origin), opts_);
+}
+
+void server::impl::count(const response& res, steady_clock::time_point started) {
+  ++requests_[{route_label(res.route), res.status}];
+  if (!res.events) {
+    metrics::http_request_duration.observe(
+        std::chrono::duration<double>(steady_clock::now() - started).count());
+  }
+}
+
+// Holds a 304 that asked to wait ("Prefer: wait=N"), answering as soon as the
+// body it names changes, or with the 304 once the wait is over.
+net::awaitable<response> server::impl::hold(const http::request<http::string_body>& req,
+                                            response res) {
+  if (waiters_.size() >= opts_.max_waiters) {
+    response busy = error_response(503, "Too many requests are waiting for changes; try again.");
+    busy.route = res.route;
+    busy.retry_after = busy_retry_after;
+    co_return busy;
+  }
+  const std::chrono::seconds wait = res.wait;
+  const auto deadline = steady_clock::now() + wait;
+  net::steady_timer timer(ctx_);
+  const auto entry = waiters_.emplace(res.wait_key, &timer);
+  metrics::long_poll_waiters.inc();
+  while (!stopping_) {
+    timer.expires_at(deadline);
+    auto [ec] = co_await timer.async_wait(use_tuple);
+    // Woken (cancelled) by a change to the body, by stop(), or the wait is
+    // over: either way the answer is whatever the body is now.
+    response next = respond(req);
+    const bool over = !ec || stopping_;
+    if (next.status != 304 || over) {
+      res = std::move(next);
+      break;
+    }
+  }
+  waiters_.erase(entry);
+  metrics::long_poll_waiters.dec();
+  res.wait = std::chrono::seconds(0);
+  res.wait_key.clear();
+  res.preference_applied = "wait=" + std::to_string(wait.count());
+  co_return res;
+}
+
+net::awaitable<void> server::impl::stream_events(std::shared_ptr<impl> self,
+                                                 std::shared_ptr<connection> conn, response res,
+                                                 unsigned version) {
+  const options& opts = self->opts_;
+  const bool chunked = version >= 11;
+  subscriber sub(conn->stream.get_executor());
+  sub.conn = conn.get();
+  sub.job = res.events_job;
+  self->subscribers_.push_back(&sub);
+  const auto entry = std::prev(self->subscribers_.end());
+  metrics::event_subscribers.inc();
+
+  http::response<http::empty_body> msg{http::status::ok, version};
+  msg.set(http::field::server, "ckptd");
+  msg.set(http::field::date, self->date());
+  msg.set(http::field::content_type, "text/event-stream");
+  msg.set(http::field::cache_control, "no-cache");
+  // Tells nginx-style proxies not to hold events back in a buffer.
+  msg.set("X-Accel-Buffering", "no");
+  if (!res.vary.empty()) msg.set(http::field::vary, res.vary);
+  for (const auto& [name, value] : res.cors) msg.set(name, value);
+  if (chunked) {
+    msg.chunked(true);
+  } else {
+    msg.keep_alive(false);  // HTTP/1.0: the stream ends when the connection does
+  }
+  http::response_serializer<http::empty_body> serializer(msg);
+  conn->writing = true;
+  conn->stream.expires_after(opts.write_timeout);
+  auto [header_ec, header_n] = co_await http::async_write_header(conn->stream, serializer, use_tuple);
+  conn->writing = false;
+
+  bool ok = !header_ec;
+  if (ok) ok = co_await self->replay(sub, res.last_event_id, chunked);
+  if (ok && !res.last_event_id) {
+    // Gives the client an id to come back with, even if no event comes first.
+    append_sse_id(sub.queue, sub.cursor);
+  }
+  sub.live = true;
+  while (ok && !sub.overflow && !self->stopping_) {
+    if (!sub.queue.empty()) {
+      ok = co_await self->flush(sub, chunked);
+      continue;
+    }
+    sub.wake.expires_after(opts.heartbeat_interval);
+    auto [ec] = co_await sub.wake.async_wait(use_tuple);
+    if (!ec && sub.queue.empty()) sub.queue = sse_heartbeat;
+  }
+  self->subscribers_.erase(entry);
+  metrics::event_subscribers.dec();
+  if (ok && !sub.overflow && chunked) {
+    // Stopping: end the chunked body properly, so the client sees a clean end.
+    static constexpr std::string_view last_chunk = "0\r\n\r\n";
+    conn->stream.expires_after(stream_goodbye_time);
+    co_await net::async_write(conn->stream, net::buffer(last_chunk), use_tuple);
+  }
+  if (sub.overflow) {
+    log::info("an event stream fell more than ", opts.max_subscriber_queue_bytes,
+              " bytes behind; disconnected it");
+  }
+  error_code ignored;
+  conn->stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+  conn->stream.close();
+}
+
+// Brings a new stream up to the present. A fresh stream (no Last-Event-ID)
+// starts from the newest seq; one resuming after `last_event_id` gets the
+// events since, from the ring when it still holds them, else from the store
+// page by page (each written out before the next is read). Leaves sub.cursor
+// at the newest seq covered, ready for deliver() to take over. False when the
+// client went away or the server is stopping.
+net::awaitable<bool> server::impl::replay(subscriber& sub,
+                                          std::optional<std::uint64_t> last_event_id,
+                                          bool chunked) {
+  const store::index* log = opts_.event_store;
+  if (!last_event_id) {
+    std::uint64_t newest = ring_.last_seq();
+    if (log != nullptr) {
+      // After a restart the ring is empty until the next event: ask the store.
+      const replay_page page =
+          co_await net::co_spawn(pool_->get_executor(), read_replay_page(log, 0, false),
+                                 net::use_awaitable);
+      newest = std::max(page.last_seq, ring_.last_seq());
+    }
+    sub.cursor = newest;
+    co_return !stopping_;
+  }
+
+  std::uint64_t after = *last_event_id;
+  int store_reads_without_progress = 0;
+  bool store_exhausted = false;
+  for (;;) {
+    if (stopping_) co_return false;
+    // From the ring: it holds everything after `after`, or the store has
+    // nothing newer and the ring continues right where it ends.
+    if (ring_.covers(after) ||
+        (store_exhausted && (ring_.size() == 0 || ring_.first_seq() <= after + 1))) {
+      ring_.for_each_after(after, [&](const store::event& e) { queue_for(sub, e); });
+      sub.cursor = std::max({sub.cursor, after, ring_.last_seq()});
+      co_return true;
+    }
+    std::string_view reset_reason;
+    std::uint64_t newest = ring_.last_seq();
+    if (log == nullptr) {
+      const bool ring_from_start =
+          after == 0 && (ring_.size() > 0 ? ring_.first_seq() == 1 : ring_.last_seq() == 0);
+      if (ring_from_start) {
+        store_exhausted = true;
+        continue;
+      }
+      reset_reason = "the events after last_event_id are no longer retained";
+    } else if (store_exhausted && ++store_reads_without_progress > max_replay_gaps) {
+      // Only events published but never stored can leave such a gap.
+      reset_reason = "the events after last_event_id were not found in the event log";
+    } else {
+      const replay_page page =
+          co_await net::co_spawn(pool_->get_executor(), read_replay_page(log, after, true),
+                                 net::use_awaitable);
+      if (stopping_) co_return false;
+      newest = std::max(page.last_seq, ring_.last_seq());
+      if (page.failed) {
+        reset_reason = "the event log could not be read";
+      } else if (after > page.last_seq) {
+        reset_reason = "last_event_id is not from this index (it was rebuilt)";
+      } else if (page.first_seq > after + 1) {
+        reset_reason = "the events after last_event_id are no longer retained";
+      } else {
+        for (const store::event& e : page.events) queue_for(sub, e);
+        if (!page.events.empty()) {
+          after = page.events.back().seq;
+          store_reads_without_progress = 0;
+        }
+        store_exhausted = page.events.size() < replay_page_events;
+        if (!co_await flush(sub, chunked)) co_return false;
+        continue;
+      }
+    }
+    // The client must start over: it is told so, with the id to resume from.
+    append_sse_reset(sub.queue, newest, *last_event_id, reset_reason);
+    sub.cursor = newest;
+    after = newest;
+    store_exhausted = true;
+    store_reads_without_progress = max_replay_gaps + 1;  // no more store reads
+    if (ring_.covers(after) || ring_.size() == 0 || ring_.first_seq() <= after + 1) continue;
+    co_return true;
+  }
+}
+
+// Writes everything queued for the stream, as chunks.
+net::awaitable<bool> server::impl::flush(subscriber& sub, bool chunked) {
+  connection& conn = *sub.conn;
+  while (!sub.queue.empty() && !sub.overflow) {
+    std::string out;
+    out.swap(sub.queue);
+    std::string size_line;
+    if (chunked) {
+      char text[24];
+      const int n = std::snprintf(text, sizeof text, "%zx\r\n", out.size());
+      size_line.assign(text, static_cast<std::size_t>(n));
+      out += "\r\n";
+    }
+    sub.in_flight = out.size();
+    conn.writing = true;
+    conn.stream.expires_after(opts_.write_timeout);
+    const std::array<net::const_buffer, 2> buffers{net::buffer(size_line), net::buffer(out)};
+    auto [ec, n] = co_await net::async_write(conn.stream, buffers, use_tuple);
+    conn.writing = false;
+    sub.in_flight = 0;
+    if (ec) co_return false;
+  }
+  co_return !sub.overflow;
+}
+
+std::string server::impl::render_metrics() const {
+  std::string out;
+  metrics::append_header(out, "ckptd_http_requests_total",
+                         "HTTP requests answered, by route and status code.", "counter");
+  for (const auto& [key, value] : requests_) {
+    std::string labels;
+    metrics::append_label(labels, "route", key.first);
+    metrics::append_label(labels, "code", std::to_string(key.second));
+    metrics::append_sample(out, "ckptd_http_requests_total", labels, static_cast<double>(value));
+  }
+  metrics::render(out);
+  return out;
 }
 
 net::awaitable<bool> server::impl::write(connection& conn, const response& res, unsigned version,
@@ -479,18 +966,25 @@ net::awaitable<bool> server::impl::write(connection& conn, const response& res, 
   http::response<http::buffer_body> msg{static_cast<http::status>(res.status), version};
   msg.set(http::field::server, "ckptd");
   msg.set(http::field::date, date());
-  if (res.status != 304) msg.set(http::field::content_type, res.content_type);
+  const bool bodiless = res.status == 304 || res.status == 204;
+  if (!bodiless) msg.set(http::field::content_type, res.content_type);
+  if (!res.content_encoding.empty()) msg.set(http::field::content_encoding, res.content_encoding);
   if (!res.etag.empty()) msg.set(http::field::etag, res.etag);
   if (!res.cache_control.empty()) msg.set(http::field::cache_control, res.cache_control);
+  if (!res.vary.empty()) msg.set(http::field::vary, res.vary);
   if (!res.allow.empty()) msg.set(http::field::allow, res.allow);
+  if (!res.www_authenticate.empty()) msg.set(http::field::www_authenticate, res.www_authenticate);
+  if (!res.preference_applied.empty()) msg.set("Preference-Applied", res.preference_applied);
+  for (const auto& [name, value] : res.cors) msg.set(name, value);
   if (res.retry_after > std::chrono::nanoseconds::zero()) {
     msg.set(http::field::retry_after, std::to_string(retry_after_seconds(res.retry_after)));
     msg.set("retry-after-ms", std::to_string(retry_after_milliseconds(res.retry_after)));
   }
   msg.keep_alive(keep_alive);
-  // A 304 has no body and no length of its own; HEAD announces the GET's length.
-  if (res.status != 304) msg.content_length(res.body->size());
-  if (res.send_body && res.status != 304 && !res.body->empty()) {
+  // 204 and 304 have no body and no length of their own; HEAD announces the
+  // GET's length.
+  if (!bodiless) msg.content_length(res.body->size());
+  if (res.send_body && !bodiless && !res.body->empty()) {
     // buffer_body only reads through this pointer; the shared body outlives the write.
     msg.body().data = const_cast<char*>(res.body->data());
     msg.body().size = res.body->size();
@@ -556,7 +1050,7 @@ void server::reconfigure(const options& opts) {
 void server::publish(const std::string& job_uuid, std::vector<store::checkpoint> checkpoints,
                      job_status status) {
   // Serialized (and compressed) here, on the caller's thread; the io_context
-  // only swaps pointers.
+  // only swaps pointers and wakes the long-polls on this job.
   job_bodies bodies = job_json(job_uuid, std::move(checkpoints), status);
   auto artifacts = make_cached_body(std::move(bodies.artifacts));
   auto status_body = make_cached_body(std::move(bodies.status));
@@ -570,7 +1064,11 @@ void server::forget(const std::string& job_uuid) {
   net::post(impl_->ctx_, [self = impl_, uuid = job_uuid] { self->erase(uuid); });
 }
 
-void server::publish_events(std::vector<store::event> events) { (void)events; }
+void server::publish_events(std::vector<store::event> events) {
+  if (events.empty()) return;
+  net::post(impl_->ctx_,
+            [self = impl_, events = std::move(events)]() mutable { self->deliver(std::move(events)); });
+}
 
 void server::set_ready(bool ready) { impl_->ready_.store(ready, std::memory_order_relaxed); }
 

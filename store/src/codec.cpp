@@ -246,6 +246,9 @@ std::string encode_job(const job& j) {
   w.u8(value_format);
   w.str(j.dir);
   w.i64(j.first_seen_ns);
+  w.str(j.status);
+  w.i64(j.started_at_ns);
+  w.i64(j.completed_at_ns);
   return std::move(w).take();
 }
 
@@ -255,7 +258,9 @@ result<job> decode_job(std::string_view value, std::string uuid) {
   j.uuid = std::move(uuid);
   std::uint8_t format = 0;
   if (!r.u8(format) || format != value_format) return corrupt();
-  if (!r.str(j.dir) || !r.i64(j.first_seen_ns) || !r.at_end()) return corrupt();
+  if (!r.str(j.dir) || !r.i64(j.first_seen_ns) || !r.str(j.status) || !r.i64(j.started_at_ns) ||
+      !r.i64(j.completed_at_ns) || !r.at_end())
+    return corrupt();
   return j;
 }
 

@@ -38,6 +38,14 @@ class candidate_view {
   // it is missing or unreadable. Files are opened briefly and never held.
   virtual std::optional<std::string> read(std::string_view rel, std::uint64_t offset,
                                           std::uint64_t length) const = 0;
+  // Up to `max_bytes` of a file beside the candidate, in its parent folder
+  // (DeepSpeed's "latest", Megatron's tracker); nullopt when it is missing,
+  // unreadable or larger.
+  virtual std::optional<std::string> read_sibling(std::string_view name,
+                                                  std::uint64_t max_bytes) const = 0;
+  // Whether an entry of this name exists beside the candidate (NeMo's
+  // "<name>-unfinished" marker).
+  virtual bool sibling_exists(std::string_view name) const = 0;
 };
 
 enum class state {
@@ -69,6 +77,15 @@ class layout {
   // A file whose presence directly inside a folder makes the folder this
   // layout's candidate, whatever its name (ckptd's manifest). Empty if none.
   virtual std::string_view marker_file() const { return {}; }
+  // Does a change of this file, beside a candidate of this layout (in the
+  // same folder), possibly complete or break that candidate? DeepSpeed's
+  // "latest", Megatron's latest_checkpointed_iteration.txt, NeMo's
+  // "*-unfinished" markers. The engine then judges every candidate of that
+  // folder again.
+  virtual bool watches_sibling(std::string_view file_name) const {
+    (void)file_name;
+    return false;
+  }
   // Judges a claimed candidate from what is on disk.
   virtual recognition recognise(const candidate_view& c) const = 0;
 };

@@ -14,9 +14,12 @@
 //    pumped a bounded number of tasks at a time, so inotify events are
 //    handled between the steps of a large scan.
 
+#include <ckptd/checkpoint_json.hpp>
 #include <ckptd/log.hpp>
+#include <ckptd/metrics.hpp>
 #include <ckptd/watcher.hpp>
 
+#include "job_status.hpp"
 #include "layout.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -91,6 +94,51 @@ std::string parent_of(const std::string& path) {
 std::string_view name_of(std::string_view path) {
   auto slash = path.rfind('/');
   return slash == std::string_view::npos ? path : path.substr(slash + 1);
+}
+
+// The push events that go into the index with a change (data is JSON).
+store::event created_event(const std::string& job, const store::checkpoint& cp) {
+  std::string data = "{\"job_uuid\":";
+  json_text::append_string(data, job);
+  data += ",\"checkpoint\":";
+  json_text::append_checkpoint(data, cp, job);
+  data += '}';
+  return store::event{0, job, "checkpoint.created", std::move(data), 0};
+}
+
+store::event deleted_event(const std::string& job, const store::checkpoint& cp) {
+  std::string data = "{\"job_uuid\":";
+  json_text::append_string(data, job);
+  data += ",\"identifier\":";
+  json_text::append_string(data, cp.identifier);
+  data += ",\"path\":";
+  json_text::append_string(data, cp.path);
+  data += '}';
+  return store::event{0, job, "checkpoint.deleted", std::move(data), 0};
+}
+
+store::event status_event(const std::string& job, const std::string& status) {
+  std::string data = "{\"job_uuid\":";
+  json_text::append_string(data, job);
+  data += ",\"status\":";
+  json_text::append_string(data, status);
+  data += '}';
+  return store::event{0, job, "job.status", std::move(data), 0};
+}
+
+// The folder's birth time where the filesystem records one; 0 otherwise.
+std::int64_t birth_time_ns(const std::string& path) {
+  struct statx st {};
+  if (::statx(AT_FDCWD, path.c_str(), AT_SYMLINK_NOFOLLOW, STATX_BTIME, &st) != 0 ||
+      !(st.stx_mask & STATX_BTIME))
+    return 0;
+  return st.stx_btime.tv_sec * 1'000'000'000LL + st.stx_btime.tv_nsec;
+}
+
+std::optional<std::int64_t> mtime_ns(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return std::nullopt;
+  return st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec;
 }
 
 struct dir_entry {
@@ -289,6 +337,8 @@ class watcher::impl {
     std::map<std::string, memo> memos;               // candidate -> last judgement
     follow how;
     std::shared_ptr<net::steady_timer> poll_timer;
+    store::job record;         // as in the index: dir, first seen, status
+    bool status_dirty = true;  // the job folder's top level changed since the status was judged
     bool scanning = false;
     bool incomplete_watch = false;  // some folder could not be watched
   };
@@ -327,6 +377,11 @@ class watcher::impl {
   std::set<std::pair<std::string, std::string>> dirty_;  // (job, candidate path)
   std::map<std::string, store::job_change> pending_;     // job -> change not yet written
   std::map<std::string, settle_state> settling_;         // candidate path -> quiet-time tracking
+  std::set<std::string> status_due_;                     // jobs whose status must be judged again
+  // When the inotify events being handled were read, and per job the first
+  // completion they revealed: the start of the ingest latency.
+  std::optional<clock::time_point> events_seen_at_;
+  std::map<std::string, clock::time_point> completion_seen_;
 
   // ---- jobs and roots --------------------------------------------------------
 
@@ -342,6 +397,7 @@ class watcher::impl {
       auto& js = jobs_[j.uuid];
       js.uuid = j.uuid;
       js.dir = j.dir;
+      js.record = j;
       if (auto cps = index_.checkpoints(j.uuid)) {
         for (auto& cp : *cps) js.known.emplace(cp.path, std::move(cp));
       } else {
@@ -455,17 +511,23 @@ class watcher::impl {
     js.uuid = uuid;
     if (js.dir != dir) {
       // The job moved (or is new): whatever was indexed under the old folder is stale.
-      for (auto& [path, cp] : js.known) pending_for(uuid).removed_paths.push_back(path);
+      for (auto& [path, cp] : js.known) {
+        pending_for(uuid).removed_paths.push_back(path);
+        pending_for(uuid).events.push_back(deleted_event(uuid, cp));
+      }
       js.known.clear();
       js.dir = dir;
     }
     js.root = root;
     js.how = how;
-    store::job record{uuid, dir, now_ns()};
-    if (auto found = index_.find_job(uuid); found && *found && (*found)->dir == dir) {
-      record.first_seen_ns = (*found)->first_seen_ns;
+    if (js.record.dir != dir || js.record.first_seen_ns == 0) {
+      js.record = store::job{};
+      js.record.uuid = uuid;
+      js.record.dir = dir;
+      js.record.first_seen_ns = now_ns();
+      pending_for(uuid).upsert_job = js.record;
     }
-    pending_for(uuid).upsert_job = record;
+    js.status_dirty = true;
     enqueue({task::scan_job, uuid, dir, 0});
   }
 
@@ -475,11 +537,12 @@ class watcher::impl {
     unwatch_subtree(it->second.dir);
     forget_settling(it->second.dir);
     if (it->second.poll_timer) it->second.poll_timer->cancel();
-    jobs_.erase(it);
     auto& change = pending_for(uuid);
     change = store::job_change{};
     change.job_uuid = uuid;
     change.remove_job = true;
+    for (auto& [path, cp] : it->second.known) change.events.push_back(deleted_event(uuid, cp));
+    jobs_.erase(it);
     log::info("job ", uuid, " is gone");
   }
 
@@ -652,6 +715,13 @@ class watcher::impl {
                        [](const dir_entry& e) { return !e.is_dir && e.name == manifest_file; });
   }
 
+  static bool sibling_watched(std::string_view name) {
+    for (const layout* l : all_layouts()) {
+      if (l->watches_sibling(name)) return true;
+    }
+    return false;
+  }
+
   static bool claimed_by_name(std::string_view name, bool is_dir) {
     if (is_staging_name(name)) return false;
     for (const layout* l : all_layouts()) {
@@ -686,6 +756,7 @@ class watcher::impl {
     if (it == jobs_.end()) return;
     auto& js = it->second;
     js.scanning = false;
+    status_due_.insert(uuid);
     std::vector<std::string> unconfirmed;
     for (auto& [path, cp] : js.known) {
       if (!js.seen_in_scan.contains(path)) unconfirmed.push_back(path);
@@ -732,6 +803,7 @@ class watcher::impl {
       if (known != js.known.end()) {
         log::info("checkpoint ", path, " of job ", uuid, " is gone");
         pending_for(uuid).removed_paths.push_back(path);
+        pending_for(uuid).events.push_back(deleted_event(uuid, known->second));
         js.known.erase(known);
       }
       return;
@@ -746,13 +818,20 @@ class watcher::impl {
     cp.created_at_ns = verdict.completed_at_ns;
     cp.metrics = verdict.metrics;
     cp.fingerprint = verdict.fingerprint;
+    bool fresh = true;
     if (known != js.known.end()) {
       // Unchanged evidence of completion: the same checkpoint, keep its time.
-      if (known->second.fingerprint == cp.fingerprint)
+      if (known->second.fingerprint == cp.fingerprint) {
         cp.created_at_ns = known->second.created_at_ns;
+        fresh = false;
+      }
       if (known->second == cp) return;
     } else {
       log::info("checkpoint ", path, " of job ", uuid, " is complete (epoch ", cp.epoch, ")");
+    }
+    if (fresh) {
+      pending_for(uuid).events.push_back(created_event(uuid, cp));
+      if (events_seen_at_) completion_seen_.try_emplace(uuid, *events_seen_at_);
     }
     if (verdict.problem.empty()) problems_logged_.erase(path);
     js.known[path] = cp;
@@ -888,28 +967,114 @@ class watcher::impl {
 
   // Writes every pending change (one batch per job), then tells the listener.
   void flush() {
+    for (auto& [uuid, change] : pending_) {
+      if (!change.remove_job) status_due_.insert(uuid);
+    }
+    for (auto& uuid : std::exchange(status_due_, {})) {
+      if (auto it = jobs_.find(uuid); it != jobs_.end()) refresh_status(it->second);
+    }
     if (pending_.empty()) return;
     auto pending = std::move(pending_);
     pending_.clear();
+    auto seen = std::move(completion_seen_);
+    completion_seen_.clear();
     for (auto& [uuid, change] : pending) {
       if (change.upserts.empty() && change.removed_paths.empty() && !change.upsert_job &&
-          !change.remove_job)
+          !change.remove_job && change.events.empty())
         continue;
       if (auto r = index_.apply(change); !r) {
+        metrics::index_write_failures.inc();
+        metrics::index_healthy.set(0);
         log::error("cannot write job ", uuid, " to the index: ", r.error().message(),
                    "; retrying with a rescan");
         if (auto it = jobs_.find(uuid); it != jobs_.end()) {
           // Believe the store again, so the rescan writes what is missing.
           it->second.known.clear();
+          it->second.memos.clear();
           if (auto cps = index_.checkpoints(uuid)) {
             for (auto& cp : *cps) it->second.known.emplace(cp.path, std::move(cp));
           }
+          if (auto job = index_.find_job(uuid); job && *job) it->second.record = **job;
           it->second.incomplete_watch = true;
         }
         continue;
       }
+      metrics::index_healthy.set(1);
+      if (auto at = seen.find(uuid); at != seen.end()) {
+        metrics::ingest_latency.observe(
+            std::chrono::duration<double>(clock::now() - at->second).count());
+      }
       if (cb_.on_job_changed) cb_.on_job_changed(uuid);
     }
+    metrics::watches.set(static_cast<double>(nodes_.size()));
+  }
+
+  // Judges the job's status from its folder's top level (job_status.hpp) and
+  // records a change, with a job.status event when the status itself moved.
+  void refresh_status(job_state& js) {
+    job_facts f;
+    int error = 0;
+    for (auto& e : list_dir(js.dir, error)) {
+      const std::string path = js.dir + "/" + e.name;
+      if (!e.is_dir && e.name == job_manifest_file) {
+        f.manifest_mtime_ns = mtime_ns(path).value_or(0);
+        f.manifest_status = parse_job_manifest(read_small_file(path));
+        if (!f.manifest_status)
+          note_problem(path, "not a job manifest: expected {\"status\": \"completed\"} or another status");
+        continue;
+      }
+      f.has_other_content = true;
+      std::optional<std::int64_t> final_at;
+      if (!e.is_dir && (e.name == "train_results.json" || e.name == "all_results.json")) {
+        final_at = mtime_ns(path);
+      } else if (e.is_dir && (e.name == "merged_model" || e.name == "dpo_model")) {
+        // The provider's final model: complete once its weights sit beside its config.
+        if (exists_nofollow(path + "/config.json")) {
+          for (const char* weights : {"model.safetensors", "model.safetensors.index.json",
+                                      "pytorch_model.bin", "adapter_model.safetensors"}) {
+            if (auto t = mtime_ns(path + "/" + weights)) final_at = std::max(final_at.value_or(0), *t);
+          }
+        }
+      }
+      if (final_at) f.final_artifact_mtime_ns = std::max(f.final_artifact_mtime_ns.value_or(0), *final_at);
+    }
+    f.has_checkpoints = !js.known.empty();
+    for (auto& [path, cp] : js.known) {
+      if (f.earliest_checkpoint_ns == 0 || cp.created_at_ns < f.earliest_checkpoint_ns)
+        f.earliest_checkpoint_ns = cp.created_at_ns;
+    }
+    f.birth_ns = birth_time_ns(js.dir);
+    f.first_seen_ns = js.record.first_seen_ns;
+    auto v = infer_job_status(f);
+    auto& r = js.record;
+    if (v.status == r.status && v.started_at_ns == r.started_at_ns &&
+        v.completed_at_ns == r.completed_at_ns)
+      return;
+    auto& change = pending_for(js.uuid);
+    if (v.status != r.status) {
+      log::info("job ", js.uuid, " is ", v.status);
+      change.events.push_back(status_event(js.uuid, v.status));
+    }
+    r.uuid = js.uuid;
+    r.dir = js.dir;
+    r.status = v.status;
+    r.started_at_ns = v.started_at_ns;
+    r.completed_at_ns = v.completed_at_ns;
+    change.upsert_job = r;
+  }
+
+  // A small file's content (a manifest), read and closed at once; empty when
+  // missing or larger than a manifest has reason to be.
+  static std::string read_small_file(const std::string& path) {
+    constexpr std::size_t max_manifest_bytes = 64 * 1024;
+    std::string out;
+    int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return out;
+    out.resize(max_manifest_bytes + 1);
+    ssize_t n = ::read(fd, out.data(), out.size());
+    ::close(fd);
+    out.resize(n > 0 && static_cast<std::size_t>(n) <= max_manifest_bytes ? static_cast<std::size_t>(n) : 0);
+    return out;
   }
 
   // ---- inotify events ----------------------------------------------------------
@@ -925,6 +1090,7 @@ class watcher::impl {
   }
 
   void drain() {
+    events_seen_at_ = clock::now();
     for (;;) {
       ssize_t n = ::read(inotify_.native_handle(), buffer_.data(), buffer_.size());
       if (n < 0) {
@@ -939,6 +1105,7 @@ class watcher::impl {
       }
     }
     for (auto& [job, path] : std::exchange(dirty_, {})) evaluate(job, path);
+    events_seen_at_.reset();
     flush();
     schedule_pump();
   }
@@ -969,6 +1136,7 @@ class watcher::impl {
       return;
     }
     if (name.empty()) return;
+    if (n.depth == 0) status_due_.insert(n.job);
     std::string path = n.path + "/" + name;
     auto job_it = jobs_.find(n.job);
     if (job_it == jobs_.end()) return;
@@ -987,8 +1155,17 @@ class watcher::impl {
         watch_candidate_interior(n.job, path, n.depth + 1);
       }
     }
+    // A tag or marker file beside checkpoints ("latest", "-unfinished"):
+    // every checkpoint of this folder may have completed or broken.
     // Any event below a candidate may complete it, change it or break it.
     std::string candidate = candidate_of(js, n.path, n.depth);
+    if (candidate.empty() && !is_dir && sibling_watched(name)) {
+      int error = 0;
+      for (auto& e : list_dir(n.path, error)) {
+        if (claimed_by_name(e.name, e.is_dir) && n.depth + 1 <= opts_.max_depth)
+          dirty_.emplace(n.job, n.path + "/" + e.name);
+      }
+    }
     if (candidate.empty()) {
       if (claimed_by_name(name, is_dir) && n.depth + 1 <= opts_.max_depth)
         candidate = path;
@@ -996,7 +1173,9 @@ class watcher::impl {
         candidate = n.path;
     }
     if (!candidate.empty()) {
-      note_activity(candidate);
+      // A trainer's running log beside its weights (torchtune's log/) is
+      // written all epoch long; it says nothing about the weights being done.
+      if (n.path != candidate + "/log") note_activity(candidate);
       dirty_.emplace(n.job, candidate);
     }
   }
@@ -1044,6 +1223,7 @@ class watcher::impl {
     while (it != js.known.end() && within(it->first, dir)) {
       log::info("checkpoint ", it->first, " of job ", uuid, " is gone");
       pending_for(uuid).removed_paths.push_back(it->first);
+      pending_for(uuid).events.push_back(deleted_event(uuid, it->second));
       it = js.known.erase(it);
     }
     forget_settling(dir);
@@ -1099,6 +1279,7 @@ class watcher::impl {
   // ---- rescans -------------------------------------------------------------------
 
   void rescan_all() {
+    metrics::rescans.inc();
     for (auto& [uuid, js] : jobs_) enqueue({task::scan_job, uuid, js.dir, 0});
     for (std::size_t i = 0; i < roots_.size(); ++i) rescan_root(i);
   }
@@ -1142,6 +1323,7 @@ class watcher::impl {
       }
       for (auto& [uuid, js] : jobs_) {
         bool missing = js.root.empty() && !js.how.polled && !wd_by_path_.contains(js.dir);
+        if ((js.incomplete_watch || missing) && !js.scanning) metrics::rescans.inc();
         if ((js.incomplete_watch || missing) && !js.scanning)
           enqueue({task::scan_job, uuid, js.dir, 0});
       }

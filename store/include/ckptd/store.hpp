@@ -53,6 +53,12 @@ struct job {
   std::string uuid;
   std::string dir;                 // absolute path of the job's folder
   std::int64_t first_seen_ns = 0;  // when ckptd first saw the folder
+  // What the folder shows of the job's progress (see the watcher's status
+  // rules): "scheduled", "in_progress", "completed", "failed" or "cancelled";
+  // empty when not yet judged. Times are ns since the Unix epoch, 0 if unknown.
+  std::string status;
+  std::int64_t started_at_ns = 0;
+  std::int64_t completed_at_ns = 0;
   friend bool operator==(const job&, const job&) = default;
 };
 
