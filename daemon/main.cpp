@@ -330,9 +330,12 @@ int run(daemon::settings s, int argc, char** argv) {
 int main(int argc, char** argv) {
   daemon::settings s;
   switch (daemon::parse(argc, argv, s)) {
-    case daemon::outcome::exit_success: return 0;
-    case daemon::outcome::exit_failure: return 1;
-    case daemon::outcome::run: break;
+    case daemon::outcome::exit_success:
+      return 0;
+    case daemon::outcome::exit_failure:
+      return 1;
+    case daemon::outcome::run:
+      break;
   }
   log::set_threshold(s.log_level);
   try {

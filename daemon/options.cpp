@@ -83,10 +83,14 @@ bool parse_listen(const std::string& text, settings& out, std::string& why) {
 }
 
 bool parse_mode(std::string_view text, watcher::watch_mode& out) {
-  if (text == "auto") out = watcher::watch_mode::automatic;
-  else if (text == "inotify") out = watcher::watch_mode::inotify;
-  else if (text == "poll") out = watcher::watch_mode::poll;
-  else return false;
+  if (text == "auto")
+    out = watcher::watch_mode::automatic;
+  else if (text == "inotify")
+    out = watcher::watch_mode::inotify;
+  else if (text == "poll")
+    out = watcher::watch_mode::poll;
+  else
+    return false;
   return true;
 }
 

@@ -216,6 +216,14 @@ api::response get(const api::catalog& jobs, std::string_view target, bool ready 
 
 json::value body_json(const api::response& res) { return json::parse(*res.body); }
 
+void check_error_body_of(const api::response& res, unsigned status) {
+  BOOST_TEST(res.status == status);
+  BOOST_TEST(res.content_type == "application/json");
+  const json::value body = body_json(res);
+  BOOST_TEST(body.at("status").as_int64() == status);
+  BOOST_TEST(body.as_object().size() == 3u);
+}
+
 // ---- helpers for the socket tests -----------------------------------------
 
 // A server on 127.0.0.1 with its io_context on a thread of its own, the way
@@ -302,6 +310,324 @@ void check_error_body(const http::response<http::string_body>& res, unsigned sta
   BOOST_TEST(!body.at("detail").as_string().empty());
 }
 
+
+// ---- helpers for the newer routes -----------------------------------------
+
+api::response call(const api::catalog& jobs, api::request req,
+                   const api::options& opts = api::default_options()) {
+  return api::handle(req, jobs, /*ready=*/true, opts);
+}
+
+std::string header_of(const api::response& res, std::string_view name) {
+  for (const auto& [n, v] : res.cors) {
+    if (n == name) return v;
+  }
+  return "<absent>";
+}
+
+// gzip (RFC 1952) back to the original bytes; a failure fails the test.
+std::string gunzip(const std::string& compressed) {
+  z_stream z{};
+  BOOST_REQUIRE(inflateInit2(&z, 15 + 16) == Z_OK);
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(compressed.data()));
+  z.avail_in = static_cast<uInt>(compressed.size());
+  std::string out;
+  char chunk[16384];
+  int rc = Z_OK;
+  while (rc == Z_OK) {
+    z.next_out = reinterpret_cast<Bytef*>(chunk);
+    z.avail_out = sizeof chunk;
+    rc = inflate(&z, Z_NO_FLUSH);
+    out.append(chunk, sizeof chunk - z.avail_out);
+  }
+  inflateEnd(&z);
+  BOOST_TEST(rc == Z_STREAM_END);
+  return out;
+}
+
+// A job with enough checkpoints that its bodies pass gzip_min_bytes.
+std::vector<store::checkpoint> many_checkpoints(int n, int offset = 0) {
+  std::vector<store::checkpoint> cps;
+  for (int i = 0; i < n; ++i) {
+    auto c = make_checkpoint("/runs/big/checkpoint-" + std::to_string(100 * (i + offset)),
+                             i + offset, 100 * (i + offset), 1795946918123456789 + i);
+    c.metrics = store::training_metrics{i + offset, 2.59133 - i * 0.01, 2.7, 14.9};
+    cps.push_back(std::move(c));
+  }
+  return cps;
+}
+
+// Checks Prometheus text format 0.0.4 line by line: HELP/TYPE comments,
+// sample syntax (names, label escapes, values), TYPE before samples, one TYPE
+// per family, histograms with cumulative buckets ending at +Inf == _count.
+// Returns the first problem, or an empty string.
+std::string exposition_problem(const std::string& text) {
+  static const std::regex name_re(R"([a-zA-Z_:][a-zA-Z0-9_:]*)");
+  static const std::regex help_re(R"(# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*))");
+  static const std::regex type_re(
+      R"(# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped))");
+  static const std::regex sample_re(
+      R"(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? ([^ ]+)( -?[0-9]+)?)");
+  static const std::regex label_re(R"re(([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$))re");
+  if (text.empty() || text.back() != '\n') return "does not end with a newline";
+  std::map<std::string, std::string> types;
+  std::set<std::string> sampled_families;
+  std::map<std::string, std::vector<std::pair<double, double>>> buckets;  // family -> (le, count)
+  std::map<std::string, double> counts;
+  std::istringstream in(text);
+  std::string line;
+  int number = 0;
+  auto family_of = [&](const std::string& name) {
+    for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+      const std::string sfx = suffix;
+      if (name.size() > sfx.size() && name.compare(name.size() - sfx.size(), sfx.size(), sfx) == 0) {
+        const std::string base = name.substr(0, name.size() - sfx.size());
+        if (types.count(base) && types[base] == "histogram") return base;
+      }
+    }
+    return name;
+  };
+  auto parse_value = [](const std::string& v, double& out) {
+    if (v == "+Inf") return out = HUGE_VAL, true;
+    if (v == "-Inf") return out = -HUGE_VAL, true;
+    if (v == "NaN") return out = NAN, true;
+    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+    return ec == std::errc() && end == v.data() + v.size();
+  };
+  while (std::getline(in, line)) {
+    ++number;
+    const std::string where = "line " + std::to_string(number) + " '" + line + "': ";
+    std::smatch m;
+    if (line.empty()) continue;
+    if (line[0] == '#') {
+      if (line.rfind("# HELP ", 0) == 0) {
+        if (!std::regex_match(line, m, help_re)) return where + "malformed HELP";
+      } else if (line.rfind("# TYPE ", 0) == 0) {
+        if (!std::regex_match(line, m, type_re)) return where + "malformed TYPE";
+        if (types.count(m[1])) return where + "second TYPE for the family";
+        if (sampled_families.count(m[1])) return where + "TYPE after samples";
+        types[m[1]] = m[2];
+      }
+      continue;
+    }
+    if (!std::regex_match(line, m, sample_re)) return where + "malformed sample";
+    const std::string name = m[1];
+    const std::string family = family_of(name);
+    if (!types.count(family)) return where + "sample without TYPE";
+    sampled_families.insert(family);
+    double value = 0;
+    if (!parse_value(m[4], value)) return where + "malformed value";
+    std::string labels = m[3];
+    std::optional<double> le;
+    while (!labels.empty()) {
+      std::smatch lm;
+      if (!std::regex_search(labels, lm, label_re) || lm.position(0) != 0) {
+        return where + "malformed labels";
+      }
+      if (lm[1] == "le") {
+        double bound = 0;
+        if (!parse_value(lm[2], bound)) return where + "malformed le";
+        le = bound;
+      }
+      labels = lm.suffix();
+    }
+    if (types[family] == "counter" && (value < 0 || std::isnan(value))) {
+      return where + "negative counter";
+    }
+    if (types[family] == "histogram") {
+      if (name == family + "_bucket") {
+        if (!le) return where + "bucket without le";
+        buckets[family].emplace_back(*le, value);
+      } else if (name == family + "_count") {
+        counts[family] = value;
+      } else if (name != family + "_sum") {
+        return where + "unexpected histogram sample";
+      }
+    }
+  }
+  for (const auto& [family, list] : buckets) {
+    for (std::size_t i = 1; i < list.size(); ++i) {
+      if (list[i].first <= list[i - 1].first) return family + ": le not ascending";
+      if (list[i].second < list[i - 1].second) return family + ": buckets not cumulative";
+    }
+    if (list.empty() || !std::isinf(list.back().first)) return family + ": no +Inf bucket";
+    if (!counts.count(family) || counts[family] != list.back().second) {
+      return family + ": _count differs from the +Inf bucket";
+    }
+  }
+  return {};
+}
+
+// Waits for `fd` to be readable for at most `timeout`.
+bool readable(int fd, std::chrono::milliseconds timeout) {
+  pollfd p{fd, POLLIN, 0};
+  return ::poll(&p, 1, static_cast<int>(timeout.count())) > 0;
+}
+
+// One parsed Server-Sent Events frame.
+struct sse_frame {
+  std::string id;  // "" when absent
+  std::string event;
+  std::string data;
+  bool comment = false;
+};
+
+// A client of GET /v1/ckptd/events: reads the response header, then de-chunks
+// the body and splits it into frames as it arrives.
+struct sse_client {
+  sse_client(std::uint16_t port, const std::string& target, const std::string& extra_headers = {})
+      : socket(ctx) {
+    socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+    const std::string req =
+        "GET " + target + " HTTP/1.1\r\nHost: localhost\r\n" + extra_headers + "\r\n";
+    net::write(socket, net::buffer(req));
+    http::response_parser<http::empty_body> parser;
+    beast::flat_buffer buffer;
+    http::read_header(socket, buffer, parser);
+    head = parser.get().base();
+    raw = beast::buffers_to_string(buffer.data());
+  }
+
+  // Reads what arrives within `timeout`; false once the server has closed.
+  bool pump(std::chrono::milliseconds timeout = 100ms) {
+    if (closed) return false;
+    if (!readable(socket.native_handle(), timeout)) return true;
+    char data[65536];
+    boost::system::error_code ec;
+    const std::size_t n = socket.read_some(net::buffer(data), ec);
+    if (ec) {
+      closed = true;
+      return false;
+    }
+    raw.append(data, n);
+    dechunk();
+    return true;
+  }
+
+  // Pumps until `done()` or the server closes or a generous deadline passes.
+  template <typename Predicate>
+  void until(Predicate done) {
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    dechunk();
+    while (!done() && std::chrono::steady_clock::now() < deadline && pump()) {
+    }
+  }
+
+  // The frames with an "event:" field, in order.
+  std::vector<sse_frame> events() const {
+    std::vector<sse_frame> out;
+    for (const sse_frame& f : frames()) {
+      if (!f.event.empty()) out.push_back(f);
+    }
+    return out;
+  }
+
+  std::vector<sse_frame> frames() const {
+    std::vector<sse_frame> out;
+    std::size_t start = 0;
+    for (;;) {
+      const std::size_t end = text.find("\n\n", start);
+      if (end == std::string::npos) break;
+      std::istringstream lines(text.substr(start, end - start));
+      start = end + 2;
+      sse_frame f;
+      std::string line;
+      while (std::getline(lines, line)) {
+        if (line.rfind(":", 0) == 0) {
+          f.comment = true;
+        } else if (line.rfind("id: ", 0) == 0) {
+          f.id = line.substr(4);
+        } else if (line.rfind("event: ", 0) == 0) {
+          f.event = line.substr(7);
+        } else if (line.rfind("data: ", 0) == 0) {
+          f.data += (f.data.empty() ? "" : "\n") + line.substr(6);
+        }
+      }
+      out.push_back(std::move(f));
+    }
+    return out;
+  }
+
+  std::vector<std::uint64_t> event_ids() const {
+    std::vector<std::uint64_t> ids;
+    for (const sse_frame& f : events()) ids.push_back(std::stoull(f.id));
+    return ids;
+  }
+
+  void dechunk() {
+    for (;;) {
+      const std::size_t line_end = raw.find("\r\n");
+      if (line_end == std::string::npos) return;
+      const std::size_t size = std::stoul(raw.substr(0, line_end), nullptr, 16);
+      if (raw.size() < line_end + 2 + size + 2) return;
+      text += raw.substr(line_end + 2, size);
+      raw.erase(0, line_end + 2 + size + 2);
+      if (size == 0) ended = true;
+    }
+  }
+
+  net::io_context ctx;
+  tcp::socket socket;
+  http::response_header<> head;
+  std::string raw;   // chunked bytes not yet decoded
+  std::string text;  // the event stream so far
+  bool closed = false;
+  bool ended = false;  // the last chunk arrived
+};
+
+// A fresh folder, removed afterwards.
+struct temp_dir {
+  temp_dir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "ckptd-api-XXXXXX").string();
+    BOOST_REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+    path = pattern;
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  std::filesystem::path path;
+};
+
+store::event make_event(std::uint64_t seq, std::string job, std::string type = "job.status") {
+  store::event e;
+  e.seq = seq;
+  e.data = R"({"job_uuid":")" + job + R"(","status":"in_progress","n":)" + std::to_string(seq) + "}";
+  e.job_uuid = std::move(job);
+  e.type = std::move(type);
+  e.at_ns = 1795946918123456789;
+  return e;
+}
+
+// Writes `n` events of `job` to the index and returns them as stored.
+std::vector<store::event> store_events(store::index& index, const std::string& job, int n) {
+  store::job_change change;
+  change.job_uuid = job;
+  for (int i = 0; i < n; ++i) {
+    store::event e;
+    e.type = "checkpoint.created";
+    e.data = R"({"job_uuid":")" + job + R"(","i":)" + std::to_string(i) + "}";
+    change.events.push_back(std::move(e));
+  }
+  auto last = index.apply(change);
+  BOOST_REQUIRE(last.has_value());
+  auto written = index.events_after(*last - static_cast<std::uint64_t>(n), 100000);
+  BOOST_REQUIRE(written.has_value());
+  BOOST_REQUIRE(written->size() == static_cast<std::size_t>(n));
+  return std::move(*written);
+}
+
+std::vector<std::uint64_t> seq_range(std::uint64_t first, std::uint64_t last) {
+  std::vector<std::uint64_t> out;
+  for (std::uint64_t i = first; i <= last; ++i) out.push_back(i);
+  return out;
+}
+
+template <typename Predicate>
+bool eventually(Predicate done) {
+  poll_until(done);
+  return done();
+}
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(api_tests)
@@ -943,6 +1269,1003 @@ BOOST_AUTO_TEST_CASE(server_stop_closes_open_connections, *boost::unit_test::tim
   BOOST_TEST(c.get("/healthz").result_int() == 200);
   s.reset();  // stop() and the io_context's run() returns: nothing is left pending
   BOOST_TEST(c.closed_by_server());
+}
+
+// ---- JSON numbers and the status body -------------------------------------
+
+BOOST_AUTO_TEST_CASE(numbers_are_shortest_round_trip) {
+  auto text = [](double v) {
+    std::string out;
+    ckptd::json_text::append_number(out, v);
+    return out;
+  };
+  BOOST_TEST(text(2.59133) == "2.59133");
+  BOOST_TEST(text(1e-05) == "1e-05");
+  BOOST_TEST(text(3) == "3.0");
+  BOOST_TEST(text(-0.0) == "-0.0");
+  BOOST_TEST(text(0.1) == "0.1");
+  BOOST_TEST(text(1e21) == "1e+21");
+  BOOST_TEST(text(std::nan("")) == "null");
+  std::mt19937_64 random(42);
+  std::uniform_real_distribution<double> mantissa(-1, 1);
+  std::uniform_int_distribution<int> exponent(-300, 300);
+  for (int i = 0; i < 10000; ++i) {
+    const double v = std::ldexp(mantissa(random), exponent(random));
+    const std::string printed = text(v);
+    // Boost.JSON 1.81 does not always round its parse correctly, so strtod
+    // checks the exact value; Boost.JSON checks the syntax.
+    BOOST_TEST_REQUIRE(json::parse(printed).is_double(), printed);
+    BOOST_TEST_REQUIRE(std::strtod(printed.c_str(), nullptr) == v, printed);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(checkpoint_json_is_the_artifacts_item) {
+  auto c = make_checkpoint("/runs/job-1/checkpoint-10", 1, 10, 1795946918123456789);
+  c.metrics = store::training_metrics{1, 2.59133, 2.7, 14.9};
+  const std::string alone = ckptd::json_text::checkpoint(c, "job-1");
+  BOOST_TEST(alone ==
+             R"({"identifier":"checkpoint-10","created_at":"2026-11-29T10:08:38.123456Z",)"
+             R"("epoch":1,"post_training_job_id":"job-1","path":"/runs/job-1/checkpoint-10",)"
+             R"("training_metrics":{"epoch":1,"train_loss":2.59133,"validation_loss":2.7,)"
+             R"("perplexity":14.9}})");
+  BOOST_TEST(api::artifacts_json("job-1", {c}) ==
+             R"({"job_uuid":"job-1","checkpoints":[)" + alone + "]}");
+  check_spec_schema("Checkpoint", alone);
+}
+
+BOOST_AUTO_TEST_CASE(status_body_shape) {
+  auto a = make_checkpoint("/r/j/checkpoint-20", 2, 20, 2);
+  a.metrics = store::training_metrics{2, 0.5, 0.75, 2.117};
+  const auto b = make_checkpoint("/r/j/checkpoint-10", 1, 10, 1);
+  api::job_status status;
+  status.status = "completed";
+  status.started_at_ns = 1795946918000000000;
+  status.completed_at_ns = 1795946918123456789;
+  const auto bodies = api::job_json("j", {a, b}, status);
+  BOOST_TEST(bodies.status ==
+             R"({"job_uuid":"j","status":"completed","started_at":"2026-11-29T10:08:38.000000Z",)"
+             R"("completed_at":"2026-11-29T10:08:38.123456Z","checkpoints":[)" +
+                 ckptd::json_text::checkpoint(b, "j") + "," +
+                 ckptd::json_text::checkpoint(a, "j") + "]}");
+  check_spec_schema("PostTrainingJobStatusResponse", bodies.status);
+  check_spec_schema("PostTrainingJobArtifactsResponse", bodies.artifacts);
+
+  // Unknown times are left out, not invented; an unknown status word is
+  // reported as "scheduled" so the body stays within the schema's enum.
+  const auto plain = api::job_json("j", {}, {});
+  BOOST_TEST(plain.status == R"({"job_uuid":"j","status":"scheduled","checkpoints":[]})");
+  api::job_status odd;
+  odd.status = "exploded";
+  const auto odd_body = api::job_json("j", {}, odd).status;
+  BOOST_TEST(json::parse(odd_body).at("status").as_string() == "scheduled");
+  check_spec_schema("PostTrainingJobStatusResponse", odd_body);
+  for (const char* word : {"scheduled", "in_progress", "completed", "failed", "cancelled"}) {
+    api::job_status st;
+    st.status = word;
+    check_spec_schema("PostTrainingJobStatusResponse", api::job_json("j", {a}, st).status);
+  }
+  check_spec_schema("ListPostTrainingJobsResponse", api::jobs_json({"a", "b"}));
+}
+
+// ---- header parsing -------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(accept_encoding_and_prefer_parsing) {
+  BOOST_TEST(api::accepts_gzip("gzip"));
+  BOOST_TEST(api::accepts_gzip("deflate, gzip;q=0.5, br"));
+  BOOST_TEST(api::accepts_gzip("GZIP"));
+  BOOST_TEST(api::accepts_gzip("x-gzip"));
+  BOOST_TEST(api::accepts_gzip("*"));
+  BOOST_TEST(!api::accepts_gzip(""));
+  BOOST_TEST(!api::accepts_gzip("identity"));
+  BOOST_TEST(!api::accepts_gzip("gzip;q=0"));
+  BOOST_TEST(!api::accepts_gzip("gzip; q=0.0, deflate"));
+  BOOST_TEST(!api::accepts_gzip("*, gzip;q=0"));
+  BOOST_TEST(!api::accepts_gzip("*;q=0"));
+  BOOST_TEST(!api::accepts_gzip("gzipx"));
+
+  BOOST_TEST(api::preferred_wait("wait=10").value_or(0) == 10u);
+  BOOST_TEST(api::preferred_wait("respond-async, WAIT = 5").value_or(0) == 5u);
+  BOOST_TEST(api::preferred_wait("wait=\"7\"").value_or(0) == 7u);
+  BOOST_TEST(!api::preferred_wait("").has_value());
+  BOOST_TEST(!api::preferred_wait("wait=").has_value());
+  BOOST_TEST(!api::preferred_wait("wait=-1").has_value());
+  BOOST_TEST(!api::preferred_wait("wait=1.5").has_value());
+  BOOST_TEST(!api::preferred_wait("waiting=3").has_value());
+}
+
+BOOST_AUTO_TEST_CASE(bearer_tokens_and_origins) {
+  const std::vector<std::string> tokens = {"s3cret", "other-token"};
+  BOOST_TEST(api::bearer_token_valid("Bearer s3cret", tokens));
+  BOOST_TEST(api::bearer_token_valid("bearer   other-token ", tokens));
+  BOOST_TEST(!api::bearer_token_valid("Bearer s3cre", tokens));
+  BOOST_TEST(!api::bearer_token_valid("Bearer s3cretx", tokens));
+  BOOST_TEST(!api::bearer_token_valid("Bearer ", tokens));
+  BOOST_TEST(!api::bearer_token_valid("Basic czNjcmV0", tokens));
+  BOOST_TEST(!api::bearer_token_valid("Bearers3cret", tokens));
+  BOOST_TEST(!api::bearer_token_valid("s3cret", tokens));
+  BOOST_TEST(!api::bearer_token_valid("Bearer s3cret", {}));
+  BOOST_TEST(!api::bearer_token_valid("Bearer x", {""}));
+
+  BOOST_TEST(api::origin_allowed("https://dash.example", {"https://dash.example"}));
+  BOOST_TEST(!api::origin_allowed("https://evil.example", {"https://dash.example"}));
+  BOOST_TEST(api::origin_allowed("https://any.example", {"*"}));
+  BOOST_TEST(!api::origin_allowed("", {"*"}));
+}
+
+// ---- routing of the newer routes ------------------------------------------
+
+BOOST_AUTO_TEST_CASE(router_status_route) {
+  api::catalog jobs;
+  api::job_status st;
+  st.status = "in_progress";
+  st.started_at_ns = 1;
+  auto bodies = api::job_json("job-1", {make_checkpoint("/r/a", 0, -1, 0)}, st);
+  jobs.put("job-1", api::make_cached_body(bodies.artifacts), api::make_cached_body(bodies.status));
+
+  auto ok = get(jobs, "/v1/post-training/job/status?job_uuid=job-1");
+  BOOST_TEST(ok.status == 200u);
+  BOOST_TEST(*ok.body == bodies.status);
+  BOOST_TEST(ok.cache_control == "no-cache");
+  BOOST_TEST((ok.route == api::route_id::status));
+  check_spec_schema("PostTrainingJobStatusResponse", *ok.body);
+  BOOST_TEST(get(jobs, "/v1/post-training/job/status?job_uuid=job-1", true, ok.etag).status ==
+             304u);
+  BOOST_TEST(ok.etag != get(jobs, "/v1/post-training/job/artifacts?job_uuid=job-1").etag);
+  check_error_body_of(get(jobs, "/v1/post-training/job/status?job_uuid=nope"), 404);
+  check_error_body_of(get(jobs, "/v1/post-training/job/status"), 400);
+  auto head = get(jobs, "/v1/post-training/job/status?job_uuid=job-1", true, {}, "HEAD");
+  BOOST_TEST(head.status == 200u);
+  BOOST_TEST(!head.send_body);
+}
+
+BOOST_AUTO_TEST_CASE(router_not_running_routes) {
+  api::catalog jobs;
+  for (const char* path : {"/v1/post-training/job/cancel", "/v1/post-training/supervised-fine-tune",
+                           "/v1/post-training/preference-optimize"}) {
+    api::request req{"POST", path};
+    req.body = R"({"job_uuid":"x"})";
+    auto res = call(jobs, req);
+    BOOST_TEST(res.status == 501u, path);
+    BOOST_TEST(body_json(res).at("title").as_string() == "Not Implemented");
+    check_spec_schema("Error", *res.body);
+
+    req.body = R"({"job_uuid":)";
+    res = call(jobs, req);
+    BOOST_TEST(res.status == 400u);
+    BOOST_TEST(body_json(res).at("detail").as_string().find("not valid JSON") != json::string::npos);
+    req.body = "[1,2]";
+    res = call(jobs, req);
+    BOOST_TEST(res.status == 400u);
+    BOOST_TEST(body_json(res).at("detail").as_string().find("JSON object") != json::string::npos);
+    req.body = "";
+    BOOST_TEST(call(jobs, req).status == 400u);
+
+    auto wrong = get(jobs, path);
+    BOOST_TEST(wrong.status == 405u);
+    BOOST_TEST(wrong.allow == "POST");
+    BOOST_TEST(get(jobs, path, true, {}, "HEAD").status == 405u);
+  }
+  auto post_on_get = call(jobs, {"POST", "/v1/post-training/jobs"});
+  BOOST_TEST(post_on_get.status == 405u);
+  BOOST_TEST(post_on_get.allow == "GET, HEAD");
+}
+
+BOOST_AUTO_TEST_CASE(router_gzip_and_etags_per_encoding) {
+  api::catalog jobs;
+  auto bodies = api::job_json("big", many_checkpoints(20), {});
+  BOOST_REQUIRE(bodies.artifacts.size() >= api::gzip_min_bytes);
+  jobs.put("big", api::make_cached_body(bodies.artifacts), api::make_cached_body(bodies.status));
+  api::request req{"GET", "/v1/post-training/job/artifacts?job_uuid=big"};
+  const auto plain = call(jobs, req);
+  BOOST_TEST(plain.content_encoding.empty());
+  BOOST_TEST(plain.vary == "Accept-Encoding");
+  req.accept_encoding = "gzip, deflate";
+  const auto zipped = call(jobs, req);
+  BOOST_TEST(zipped.content_encoding == "gzip");
+  BOOST_TEST(zipped.vary == "Accept-Encoding");
+  BOOST_TEST(zipped.body->size() < plain.body->size());
+  BOOST_TEST(gunzip(*zipped.body) == *plain.body);
+  BOOST_TEST(zipped.etag != plain.etag);
+  BOOST_TEST(zipped.etag.substr(zipped.etag.size() - 4) == "-gz\"");
+  // Each representation's ETag validates only itself.
+  req.if_none_match = zipped.etag;
+  BOOST_TEST(call(jobs, req).status == 304u);
+  req.accept_encoding = {};
+  BOOST_TEST(call(jobs, req).status == 200u);
+  // Small bodies are never compressed.
+  BOOST_TEST(get(jobs, "/v1/post-training/jobs").content_encoding.empty());
+  req = {"GET", "/v1/post-training/jobs"};
+  req.accept_encoding = "gzip";
+  BOOST_TEST(call(jobs, req).content_encoding.empty());
+}
+
+BOOST_AUTO_TEST_CASE(router_long_poll_flags) {
+  api::catalog jobs;
+  jobs.put("j", api::make_cached_body("A"), api::make_cached_body("S"));
+  api::options opts;
+  opts.max_wait = 300s;
+  api::request req{"GET", "/v1/post-training/job/artifacts?job_uuid=j"};
+  const auto first = call(jobs, req, opts);
+  req.if_none_match = first.etag;
+  req.prefer = "wait=1000";
+  auto held = call(jobs, req, opts);
+  BOOST_TEST(held.status == 304u);
+  BOOST_TEST(held.wait.count() == 300);  // capped
+  BOOST_TEST(held.wait_key == "a/j");
+  req.prefer = "wait=0";
+  BOOST_TEST(call(jobs, req, opts).wait.count() == 0);
+  req.prefer = "wait=5";
+  req.if_none_match = "\"stale\"";
+  BOOST_TEST(call(jobs, req, opts).status == 200u);  // changed already: no wait
+  BOOST_TEST(call(jobs, req, opts).wait.count() == 0);
+  req = {"GET", "/v1/post-training/jobs"};
+  const std::string list_etag = call(jobs, req).etag;
+  req.if_none_match = list_etag;
+  req.prefer = "wait=5";
+  BOOST_TEST(call(jobs, req, opts).wait_key == "j");
+  req = {"GET", "/v1/post-training/job/status?job_uuid=j"};
+  const std::string status_etag = call(jobs, req).etag;
+  req.if_none_match = status_etag;
+  req.prefer = "wait=5";
+  BOOST_TEST(call(jobs, req, opts).wait_key == "s/j");
+}
+
+BOOST_AUTO_TEST_CASE(router_auth_and_cors) {
+  api::catalog jobs;
+  api::options opts;
+  opts.auth_tokens = {"s3cret"};
+  opts.cors_origins = {"https://dash.example"};
+
+  api::request req{"GET", "/v1/post-training/jobs"};
+  auto missing = call(jobs, req, opts);
+  BOOST_TEST(missing.status == 401u);
+  BOOST_TEST(missing.www_authenticate == R"(Bearer realm="ckptd")");
+  check_spec_schema("Error", *missing.body);
+  req.authorization = "Bearer wrong";
+  auto wrong = call(jobs, req, opts);
+  BOOST_TEST(wrong.status == 401u);
+  BOOST_TEST(std::string(wrong.www_authenticate).find("invalid_token") != std::string::npos);
+  req.authorization = "Bearer s3cret";
+  BOOST_TEST(call(jobs, req, opts).status == 200u);
+  for (const char* probe : {"/healthz", "/readyz"}) {
+    BOOST_TEST(call(jobs, {"GET", probe}, opts).status == 200u);
+  }
+  BOOST_TEST(call(jobs, {"GET", "/metrics"}, opts).status == 401u);
+
+  // Preflight: no credentials needed; full answer for an allowed origin only.
+  api::request pre{"OPTIONS", "/v1/post-training/job/artifacts?job_uuid=x"};
+  pre.origin = "https://dash.example";
+  pre.access_control_request_method = "GET";
+  auto ok = call(jobs, pre, opts);
+  api::add_cors(ok, pre.origin, opts);
+  BOOST_TEST(ok.status == 204u);
+  BOOST_TEST(!ok.send_body);
+  BOOST_TEST(header_of(ok, "Access-Control-Allow-Origin") == "https://dash.example");
+  BOOST_TEST(header_of(ok, "Access-Control-Allow-Methods").find("GET") != std::string::npos);
+  const std::string allowed_headers = header_of(ok, "Access-Control-Allow-Headers");
+  for (const char* h : {"Authorization", "If-None-Match", "Prefer", "Last-Event-ID"}) {
+    BOOST_TEST(allowed_headers.find(h) != std::string::npos, h);
+  }
+  BOOST_TEST(header_of(ok, "Access-Control-Max-Age") != "<absent>");
+  BOOST_TEST(ok.vary.find("Origin") != std::string::npos);
+
+  pre.origin = "https://evil.example";
+  auto refused = call(jobs, pre, opts);
+  api::add_cors(refused, pre.origin, opts);
+  BOOST_TEST(refused.cors.empty());
+  BOOST_TEST(call(jobs, {"OPTIONS", "/nowhere"}, opts).status == 404u);
+
+  // Simple requests: echo plus exposed headers, errors included.
+  auto answered = call(jobs, req, opts);
+  api::add_cors(answered, "https://dash.example", opts);
+  BOOST_TEST(header_of(answered, "Access-Control-Allow-Origin") == "https://dash.example");
+  const std::string exposed = header_of(answered, "Access-Control-Expose-Headers");
+  for (const char* h : {"ETag", "Retry-After", "retry-after-ms", "Preference-Applied"}) {
+    BOOST_TEST(exposed.find(h) != std::string::npos, h);
+  }
+  auto limited = api::rate_limited_response(1s);
+  api::add_cors(limited, "https://dash.example", opts);
+  BOOST_TEST(header_of(limited, "Access-Control-Allow-Origin") == "https://dash.example");
+  // No CORS configured: no CORS headers, no Vary: Origin.
+  auto none = call(jobs, {"GET", "/healthz"});
+  api::add_cors(none, "https://dash.example", api::default_options());
+  BOOST_TEST(none.cors.empty());
+  BOOST_TEST(none.vary.empty());
+}
+
+BOOST_AUTO_TEST_CASE(router_events_and_misc_routes) {
+  api::catalog jobs;
+  auto ev = call(jobs, {"GET", "/v1/ckptd/events?job_uuid=j&last_event_id=42"});
+  BOOST_TEST(ev.events);
+  BOOST_TEST(ev.events_job == "j");
+  BOOST_TEST(ev.last_event_id.value_or(0) == 42u);
+  api::request with_header{"GET", "/v1/ckptd/events?last_event_id=1"};
+  with_header.last_event_id = "7";
+  BOOST_TEST(call(jobs, with_header).last_event_id.value_or(0) == 7u);
+  BOOST_TEST(!call(jobs, {"GET", "/v1/ckptd/events"}).last_event_id.has_value());
+  BOOST_TEST(call(jobs, {"GET", "/v1/ckptd/events?last_event_id=x"}).status == 400u);
+  BOOST_TEST(call(jobs, {"GET", "/v1/ckptd/events?job_uuid="}).status == 400u);
+  BOOST_TEST(call(jobs, {"HEAD", "/v1/ckptd/events"}).status == 405u);
+
+  auto metrics = call(jobs, {"GET", "/metrics"});
+  BOOST_TEST(metrics.metrics);
+  BOOST_TEST(metrics.content_type == "text/plain; version=0.0.4; charset=utf-8");
+
+  auto doc = call(jobs, {"GET", "/openapi.json"});
+  BOOST_TEST(doc.status == 200u);
+  const json::value parsed = json::parse(*doc.body);
+  BOOST_TEST(parsed.at("openapi").as_string().starts_with("3."));
+  for (const char* path :
+       {"/v1/post-training/job/artifacts", "/v1/post-training/job/status", "/v1/post-training/jobs",
+        "/v1/post-training/job/cancel", "/v1/post-training/supervised-fine-tune",
+        "/v1/post-training/preference-optimize", "/v1/ckptd/events", "/healthz", "/readyz",
+        "/metrics", "/openapi.json"}) {
+    BOOST_TEST(parsed.at("paths").as_object().contains(path), path);
+  }
+  // The llama-stack schemas are served exactly as the spec has them.
+  for (const char* name : {"Checkpoint", "PostTrainingMetric", "PostTrainingJobStatusResponse",
+                           "PostTrainingJobArtifactsResponse", "ListPostTrainingJobsResponse",
+                           "Error"}) {
+    BOOST_TEST(parsed.at("components").at("schemas").at(name) == spec_schema(name), name);
+  }
+  BOOST_TEST((api::route_of("/metrics?x") == api::route_id::metrics));
+  BOOST_TEST(api::route_label(api::route_of("/nowhere")) == "other");
+}
+
+BOOST_AUTO_TEST_CASE(event_frames_and_ring) {
+  std::string out;
+  auto e = make_event(5, "j", "checkpoint.created");
+  e.data = "line one\nline two\r\nthree";
+  api::append_sse_event(out, e);
+  BOOST_TEST(out ==
+             "id: 5\nevent: checkpoint.created\ndata: line one\ndata: line two\ndata: three\n\n");
+  out.clear();
+  api::append_sse_reset(out, 9, 3, "gone");
+  BOOST_TEST(out == "id: 9\nevent: reset\ndata: {\"reason\":\"gone\",\"last_event_id\":3}\n\n");
+
+  api::event_ring ring(3);
+  BOOST_TEST(!ring.covers(0));
+  for (std::uint64_t seq = 1; seq <= 5; ++seq) ring.push(make_event(seq, "j"));
+  BOOST_TEST(ring.size() == 3u);
+  BOOST_TEST(ring.first_seq() == 3u);
+  BOOST_TEST(ring.last_seq() == 5u);
+  BOOST_TEST(!ring.covers(1));
+  BOOST_TEST(ring.covers(2));
+  BOOST_TEST(ring.covers(5));
+  BOOST_TEST(!ring.covers(6));  // from another incarnation of the log
+  std::vector<std::uint64_t> after3;
+  ring.for_each_after(3, [&](const store::event& ev) { after3.push_back(ev.seq); });
+  BOOST_TEST(after3 == (std::vector<std::uint64_t>{4, 5}), boost::test_tools::per_element());
+  ring.set_capacity(1);
+  BOOST_TEST(ring.first_seq() == 5u);
+}
+
+BOOST_AUTO_TEST_CASE(exposition_checker_catches_mistakes) {
+  BOOST_TEST(exposition_problem("# TYPE a counter\na 1\n").empty());
+  BOOST_TEST(!exposition_problem("a 1\n").empty());
+  BOOST_TEST(!exposition_problem("# TYPE a counter\na one\n").empty());
+  BOOST_TEST(!exposition_problem("# TYPE a counter\na{x=\"1} 1\n").empty());
+  BOOST_TEST(!exposition_problem("# TYPE a counter\na 1").empty());
+  BOOST_TEST(!exposition_problem("# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\n"
+                                 "h_sum 1\nh_count 1\n")
+                  .empty());
+  BOOST_TEST(exposition_problem("# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\n"
+                                "h_sum 1\nh_count 2\n")
+                 .empty());
+}
+
+BOOST_AUTO_TEST_CASE(metrics_registry_renders_valid_text) {
+  ckptd::metrics::ingest_latency.observe(0.003);
+  ckptd::metrics::ingest_latency.observe(100);
+  ckptd::metrics::watches.set(12);
+  ckptd::metrics::rescans.inc();
+  std::string text;
+  ckptd::metrics::render(text);
+  BOOST_TEST(exposition_problem(text) == "");
+  for (const char* name :
+       {"ckptd_ingest_latency_seconds_bucket", "ckptd_inotify_watches 12", "ckptd_rescans_total",
+        "ckptd_index_write_failures_total", "ckptd_index_healthy", "ckptd_checkpoints_indexed",
+        "ckptd_jobs_indexed", "ckptd_http_request_duration_seconds_count",
+        "ckptd_http_rate_limited_total", "ckptd_http_open_connections",
+        "ckptd_build_info{version=\""}) {
+    BOOST_TEST(text.find(name) != std::string::npos, name);
+  }
+  std::string labels;
+  ckptd::metrics::append_label(labels, "route", "a\"b\\c\nd");
+  BOOST_TEST(labels == R"(route="a\"b\\c\nd")");
+}
+
+// ---- the newer behaviours over loopback -----------------------------------
+
+BOOST_AUTO_TEST_CASE(server_serves_status_and_etags, *boost::unit_test::timeout(60)) {
+  running_server s(unlimited());
+  client c(s.srv.port());
+  api::job_status st;
+  st.status = "in_progress";
+  st.started_at_ns = 1795946918000000000;
+  s.srv.publish("job-1", {make_checkpoint("/runs/job-1/checkpoint-1", 0, 1, 5)}, st);
+  http::response<http::string_body> res;
+  poll_until([&] {
+    res = c.get("/v1/post-training/job/status?job_uuid=job-1");
+    return res.result_int() != 404;
+  });
+  BOOST_TEST(res.result_int() == 200);
+  check_spec_schema("PostTrainingJobStatusResponse", res.body());
+  BOOST_TEST(json::parse(res.body()).at("status").as_string() == "in_progress");
+  BOOST_TEST(header(res, "Cache-Control") == "no-cache");
+  for (const char* target : {"/v1/post-training/job/status?job_uuid=job-1",
+                             "/v1/post-training/job/artifacts?job_uuid=job-1",
+                             "/v1/post-training/jobs"}) {
+    auto first = c.get(target);
+    const std::string etag = header(first, "ETag");
+    BOOST_TEST(etag != "<absent>", target);
+    auto again = c.get(target, "If-None-Match: " + etag + "\r\n");
+    BOOST_TEST(again.result_int() == 304, target);
+    BOOST_TEST(again.body().empty());
+  }
+}
+
+BOOST_AUTO_TEST_CASE(server_not_running_routes_read_the_body, *boost::unit_test::timeout(60)) {
+  api::options opts = unlimited();
+  opts.max_body_bytes = 64;
+  running_server s(opts);
+  client c(s.srv.port());
+  auto post = [&](const std::string& path, const std::string& body) {
+    c.send("POST " + path + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+           "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+    return c.read();
+  };
+  check_error_body(post("/v1/post-training/job/cancel", R"({"job_uuid":"j"})"), 501);
+  check_error_body(post("/v1/post-training/supervised-fine-tune", "{not json"), 400);
+  check_error_body(post("/v1/post-training/preference-optimize", "42"), 400);
+  auto wrong = c.get("/v1/post-training/job/cancel");
+  check_error_body(wrong, 405);
+  BOOST_TEST(header(wrong, "Allow") == "POST");
+  // The connection is still in step: bodies were read whole.
+  BOOST_TEST(c.get("/healthz").result_int() == 200);
+  auto big = post("/v1/post-training/job/cancel", "{\"job_uuid\":\"" + std::string(100, 'x') + "\"}");
+  check_error_body(big, 413);
+  BOOST_TEST(c.closed_by_server());
+}
+
+BOOST_AUTO_TEST_CASE(server_gzip_round_trip, *boost::unit_test::timeout(60)) {
+  running_server s(unlimited());
+  client c(s.srv.port());
+  s.srv.publish("big", many_checkpoints(30));
+  http::response<http::string_body> plain;
+  poll_until([&] {
+    plain = c.get("/v1/post-training/job/artifacts?job_uuid=big");
+    return plain.result_int() == 200;
+  });
+  BOOST_TEST(header(plain, "Content-Encoding") == "<absent>");
+  BOOST_TEST(header(plain, "Vary") == "Accept-Encoding");
+  auto zipped = c.get("/v1/post-training/job/artifacts?job_uuid=big", "Accept-Encoding: gzip\r\n");
+  BOOST_TEST(zipped.result_int() == 200);
+  BOOST_TEST(header(zipped, "Content-Encoding") == "gzip");
+  BOOST_TEST(header(zipped, "Vary") == "Accept-Encoding");
+  BOOST_TEST(zipped.body().size() < plain.body().size());
+  BOOST_TEST(gunzip(zipped.body()) == plain.body());
+  check_schema("200", gunzip(zipped.body()));
+  BOOST_TEST(header(zipped, "ETag") != header(plain, "ETag"));
+  auto cached = c.get("/v1/post-training/job/artifacts?job_uuid=big",
+                      "Accept-Encoding: gzip\r\nIf-None-Match: " + header(zipped, "ETag") + "\r\n");
+  BOOST_TEST(cached.result_int() == 304);
+  auto status = c.get("/v1/post-training/job/status?job_uuid=big", "Accept-Encoding: gzip\r\n");
+  BOOST_TEST(header(status, "Content-Encoding") == "gzip");
+  check_spec_schema("PostTrainingJobStatusResponse", gunzip(status.body()));
+}
+
+BOOST_AUTO_TEST_CASE(server_long_poll_wakes_on_publish, *boost::unit_test::timeout(60)) {
+  running_server s(unlimited());
+  s.srv.publish("job-1", {make_checkpoint("/r/job-1/checkpoint-1", 0, 1, 1)});
+  client c(s.srv.port());
+  for (const char* target : {"/v1/post-training/job/artifacts?job_uuid=job-1",
+                             "/v1/post-training/job/status?job_uuid=job-1"}) {
+    http::response<http::string_body> first;
+    poll_until([&] {
+      first = c.get(target);
+      return first.result_int() == 200;
+    });
+    const std::string etag = header(first, "ETag");
+    const double held_before = ckptd::metrics::long_poll_waiters.value();
+    // The wait is long: only a wake-up can answer 200 before the test's timeout.
+    c.send(std::string("GET ") + target + " HTTP/1.1\r\nHost: x\r\nIf-None-Match: " + etag +
+           "\r\nPrefer: wait=50\r\n\r\n");
+    BOOST_TEST(eventually([&] { return ckptd::metrics::long_poll_waiters.value() > held_before; }));
+    static int step = 2;
+    s.srv.publish("job-1", {make_checkpoint("/r/job-1/checkpoint-1", 0, 1, 1),
+                            make_checkpoint("/r/job-1/checkpoint-" + std::to_string(step), 0,
+                                            step, step)});
+    ++step;
+    auto woken = c.read();
+    BOOST_TEST(woken.result_int() == 200, target);
+    BOOST_TEST(header(woken, "Preference-Applied") == "wait=50");
+    BOOST_TEST(header(woken, "ETag") != etag);
+    BOOST_TEST(json::parse(woken.body()).at("checkpoints").as_array().size() == 2u);
+  }
+  // The job list wakes when a job appears.
+  auto list = c.get("/v1/post-training/jobs");
+  c.send("GET /v1/post-training/jobs HTTP/1.1\r\nHost: x\r\nIf-None-Match: " + header(list, "ETag") +
+         "\r\nPrefer: wait=50\r\n\r\n");
+  BOOST_TEST(eventually([&] { return ckptd::metrics::long_poll_waiters.value() > 0; }));
+  s.srv.publish("job-2", {});
+  auto grown = c.read();
+  BOOST_TEST(grown.result_int() == 200);
+  BOOST_TEST(grown.body() == R"({"data":[{"job_uuid":"job-1"},{"job_uuid":"job-2"}]})");
+}
+
+BOOST_AUTO_TEST_CASE(server_long_poll_times_out_with_304, *boost::unit_test::timeout(60)) {
+  running_server s(unlimited());
+  s.srv.publish("job-1", {});
+  client c(s.srv.port());
+  http::response<http::string_body> first;
+  poll_until([&] {
+    first = c.get("/v1/post-training/job/artifacts?job_uuid=job-1");
+    return first.result_int() == 200;
+  });
+  // Another job changing does not end this wait; a same-body republish does not either.
+  s.srv.publish("job-9", {});
+  s.srv.publish("job-1", {});
+  auto held = c.get("/v1/post-training/job/artifacts?job_uuid=job-1",
+                    "If-None-Match: " + header(first, "ETag") + "\r\nPrefer: wait=1\r\n");
+  BOOST_TEST(held.result_int() == 304);
+  BOOST_TEST(header(held, "Preference-Applied") == "wait=1");
+  BOOST_TEST(header(held, "ETag") == header(first, "ETag"));
+  BOOST_TEST(held.keep_alive());
+  BOOST_TEST(c.get("/healthz").result_int() == 200);
+}
+
+BOOST_AUTO_TEST_CASE(server_bounds_long_poll_waiters, *boost::unit_test::timeout(60)) {
+  api::options opts = unlimited();
+  opts.max_waiters = 1;
+  running_server s(opts);
+  s.srv.publish("job-1", {});
+  client first(s.srv.port());
+  http::response<http::string_body> plain;
+  poll_until([&] {
+    plain = first.get("/v1/post-training/jobs");
+    return plain.body() != R"({"data":[]})";
+  });
+  const std::string wait_headers =
+      "If-None-Match: " + header(plain, "ETag") + "\r\nPrefer: wait=30\r\n";
+  const double before = ckptd::metrics::long_poll_waiters.value();
+  first.send("GET /v1/post-training/jobs HTTP/1.1\r\nHost: x\r\n" + wait_headers + "\r\n");
+  BOOST_TEST(eventually([&] { return ckptd::metrics::long_poll_waiters.value() > before; }));
+  client second(s.srv.port());
+  auto busy = second.get("/v1/post-training/jobs", wait_headers);
+  check_error_body(busy, 503);
+  BOOST_TEST(header(busy, "Retry-After") == "1");
+  // Without Prefer the same request is answered at once.
+  BOOST_TEST(second.get("/v1/post-training/jobs", "If-None-Match: " + header(plain, "ETag") +
+                                                      "\r\n")
+                 .result_int() == 304);
+  s.srv.publish("job-2", {});
+  BOOST_TEST(first.read().result_int() == 200);
+}
+
+BOOST_AUTO_TEST_CASE(server_streams_live_events, *boost::unit_test::timeout(60)) {
+  api::options opts = unlimited();
+  opts.heartbeat_interval = 50ms;
+  running_server s(opts);
+  sse_client all(s.srv.port(), "/v1/ckptd/events");
+  sse_client one(s.srv.port(), "/v1/ckptd/events?job_uuid=b");
+  BOOST_TEST(all.head.result_int() == 200);
+  BOOST_TEST(all.head[http::field::content_type] == "text/event-stream");
+  BOOST_TEST(all.head[http::field::cache_control] == "no-cache");
+  BOOST_TEST(all.head[http::field::transfer_encoding] == "chunked");
+  // The first frame only sets the id to come back with.
+  all.until([&] { return !all.frames().empty(); });
+  one.until([&] { return !one.frames().empty(); });
+  BOOST_REQUIRE(!all.frames().empty());
+  BOOST_TEST(all.frames().front().id == "0");
+  BOOST_TEST(all.frames().front().event.empty());
+
+  s.srv.publish_events({make_event(1, "a", "checkpoint.created"), make_event(2, "b", "job.status"),
+                        make_event(3, "a", "checkpoint.deleted")});
+  all.until([&] { return all.events().size() >= 3; });
+  one.until([&] { return one.events().size() >= 1; });
+  const auto events = all.events();
+  BOOST_REQUIRE(events.size() == 3u);
+  BOOST_TEST(events[0].id == "1");
+  BOOST_TEST(events[0].event == "checkpoint.created");
+  BOOST_TEST(events[0].data == make_event(1, "a").data);
+  BOOST_TEST(events[1].event == "job.status");
+  BOOST_TEST(events[2].event == "checkpoint.deleted");
+  BOOST_TEST(one.event_ids() == (std::vector<std::uint64_t>{2}), boost::test_tools::per_element());
+  // Heartbeats while idle.
+  all.until([&] {
+    const auto f = all.frames();
+    return std::any_of(f.begin(), f.end(), [](const sse_frame& x) { return x.comment; });
+  });
+  BOOST_TEST(all.text.find(": ping\n\n") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(server_replays_missed_events_from_the_ring, *boost::unit_test::timeout(60)) {
+  running_server s(unlimited());
+  for (std::uint64_t seq = 1; seq <= 10; ++seq) s.srv.publish_events({make_event(seq, "j")});
+  sse_client c(s.srv.port(), "/v1/ckptd/events", "Last-Event-ID: 6\r\n");
+  c.until([&] { return c.events().size() >= 4; });
+  BOOST_TEST(c.event_ids() == seq_range(7, 10), boost::test_tools::per_element());
+  s.srv.publish_events({make_event(11, "j")});
+  c.until([&] { return c.events().size() >= 5; });
+  BOOST_TEST(c.event_ids() == seq_range(7, 11), boost::test_tools::per_element());
+  // ?last_event_id= works for clients that cannot set the header.
+  sse_client q(s.srv.port(), "/v1/ckptd/events?last_event_id=9");
+  q.until([&] { return q.events().size() >= 2; });
+  BOOST_TEST(q.event_ids() == seq_range(10, 11), boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(server_resets_when_history_is_gone, *boost::unit_test::timeout(60)) {
+  api::options opts = unlimited();
+  opts.recent_events = 3;
+  running_server s(opts);
+  for (std::uint64_t seq = 1; seq <= 10; ++seq) s.srv.publish_events({make_event(seq, "j")});
+  sse_client c(s.srv.port(), "/v1/ckptd/events", "Last-Event-ID: 2\r\n");
+  c.until([&] { return !c.events().empty(); });
+  const auto events = c.events();
+  BOOST_REQUIRE(!events.empty());
+  BOOST_TEST(events[0].event == "reset");
+  BOOST_TEST(events[0].id == "10");
+  BOOST_TEST(json::parse(events[0].data).at("last_event_id").as_int64() == 2);
+  s.srv.publish_events({make_event(11, "j")});
+  c.until([&] { return c.events().size() >= 2; });
+  BOOST_TEST(c.events().back().id == "11");
+}
+
+BOOST_AUTO_TEST_CASE(server_replays_missed_events_from_the_store,
+                     *boost::unit_test::timeout(120)) {
+  temp_dir dir;
+  auto opened = store::index::open(dir.path / "index");
+  BOOST_REQUIRE(opened.has_value());
+  store::index& index = **opened;
+  api::options opts = unlimited();
+  opts.event_store = &index;
+  opts.recent_events = 4;
+
+  std::uint64_t seen = 0;
+  {
+    running_server s(opts);
+    auto first = store_events(index, "job-1", 5);
+    s.srv.publish_events(first);
+    sse_client c(s.srv.port(), "/v1/ckptd/events", "Last-Event-ID: 0\r\n");
+    c.until([&] { return c.events().size() >= 5; });
+    BOOST_TEST(c.event_ids() == seq_range(1, 5), boost::test_tools::per_element());
+    seen = c.event_ids().back();
+    check_spec_schema("PostTrainingJob", R"({"job_uuid":"x"})");
+  }
+  // While the client was away: more events than the ring holds, and a restart.
+  auto missed = store_events(index, "job-1", 1500);
+  auto other = store_events(index, "job-2", 3);
+  {
+    running_server s(opts);
+    // Only the newest reach the new server's ring; the rest must come from the store.
+    s.srv.publish_events({other.back()});
+    sse_client c(s.srv.port(), "/v1/ckptd/events", "Last-Event-ID: " + std::to_string(seen) + "\r\n");
+    c.until([&] { return c.events().size() >= 1503; });
+    BOOST_TEST(c.event_ids() == seq_range(seen + 1, other.back().seq),
+               boost::test_tools::per_element());
+    BOOST_TEST(c.events().front().data == missed.front().data);
+    // Live events continue after the replay, without gaps or repeats.
+    auto live = store_events(index, "job-2", 2);
+    s.srv.publish_events(live);
+    c.until([&] { return c.events().size() >= 1505; });
+    BOOST_TEST(c.event_ids() == seq_range(seen + 1, live.back().seq),
+               boost::test_tools::per_element());
+
+    // A filtered stream replays only its job's events.
+    sse_client j2(s.srv.port(), "/v1/ckptd/events?job_uuid=job-2&last_event_id=" + std::to_string(seen));
+    j2.until([&] { return j2.events().size() >= 5; });
+    for (const auto& f : j2.events()) BOOST_TEST(f.data.find("job-2") != std::string::npos);
+    BOOST_TEST(j2.events().size() == 5u);
+
+    // A fresh stream starts from the store's newest seq, even before any event.
+    sse_client fresh(s.srv.port(), "/v1/ckptd/events");
+    fresh.until([&] { return !fresh.frames().empty(); });
+    BOOST_REQUIRE(!fresh.frames().empty());
+    BOOST_TEST(fresh.frames().front().id == std::to_string(live.back().seq));
+
+    // An id from a rebuilt index (beyond anything in the log) gets a reset.
+    sse_client stale(s.srv.port(), "/v1/ckptd/events", "Last-Event-ID: 999999\r\n");
+    stale.until([&] { return !stale.events().empty(); });
+    BOOST_REQUIRE(!stale.events().empty());
+    BOOST_TEST(stale.events().front().event == "reset");
+    BOOST_TEST(stale.events().front().id == std::to_string(live.back().seq));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(server_disconnects_slow_subscribers, *boost::unit_test::timeout(120)) {
+  api::options opts = unlimited();
+  opts.max_subscriber_queue_bytes = 64 * 1024;
+  opts.write_timeout = 60s;
+  running_server s(opts);
+  sse_client slow(s.srv.port(), "/v1/ckptd/events");
+  slow.until([&] { return !slow.frames().empty(); });
+  BOOST_TEST(ckptd::metrics::event_subscribers.value() >= 1);
+  // The client reads nothing while far more than the socket buffers and the
+  // queue bound can hold is published.
+  const std::string blob(16 * 1024, 'x');
+  std::uint64_t seq = 0;
+  for (int batch = 0; batch < 100; ++batch) {
+    std::vector<store::event> events;
+    for (int i = 0; i < 20; ++i) {
+      auto e = make_event(++seq, "j");
+      e.data = R"({"pad":")" + blob + R"("})";
+      events.push_back(std::move(e));
+    }
+    s.srv.publish_events(std::move(events));
+  }
+  // Draining now finds the end of the connection, before the last event.
+  slow.until([&] { return slow.closed; });
+  BOOST_TEST(slow.closed);
+  BOOST_TEST(!slow.ended);  // cut off, not ended cleanly
+  const auto got = slow.event_ids();
+  BOOST_TEST(got.size() < seq);
+  BOOST_TEST(eventually([&] { return ckptd::metrics::event_subscribers.value() == 0; }));
+  // It reconnects with its last id and misses nothing.
+  const std::uint64_t last = got.empty() ? 0 : got.back();
+  sse_client again(s.srv.port(), "/v1/ckptd/events", "Last-Event-ID: " + std::to_string(last) + "\r\n");
+  again.until([&] { return again.events().size() >= seq - last; });
+  BOOST_TEST(again.event_ids() == seq_range(last + 1, seq), boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(server_bounds_subscribers, *boost::unit_test::timeout(60)) {
+  api::options opts = unlimited();
+  opts.max_subscribers = 1;
+  running_server s(opts);
+  sse_client first(s.srv.port(), "/v1/ckptd/events");
+  BOOST_TEST(first.head.result_int() == 200);
+  first.until([&] { return !first.frames().empty(); });
+  client second(s.srv.port());
+  auto busy = second.get("/v1/ckptd/events");
+  check_error_body(busy, 503);
+  BOOST_TEST(header(busy, "Retry-After") == "1");
+}
+
+BOOST_AUTO_TEST_CASE(server_stop_ends_streams_and_waits, *boost::unit_test::timeout(60)) {
+  auto s = std::make_unique<running_server>(unlimited());
+  s->srv.publish("job-1", {});
+  sse_client stream(s->srv.port(), "/v1/ckptd/events");
+  stream.until([&] { return !stream.frames().empty(); });
+  client c(s->srv.port());
+  http::response<http::string_body> first;
+  poll_until([&] {
+    first = c.get("/v1/post-training/jobs");
+    return first.body() != R"({"data":[]})";
+  });
+  c.send("GET /v1/post-training/jobs HTTP/1.1\r\nHost: x\r\nIf-None-Match: " +
+         header(first, "ETag") + "\r\nPrefer: wait=50\r\n\r\n");
+  BOOST_TEST(eventually([&] { return ckptd::metrics::long_poll_waiters.value() > 0; }));
+  BOOST_TEST(s->srv.open_connections() == 2u);
+  s.reset();
+  auto answered = c.read();
+  BOOST_TEST(answered.result_int() == 304);
+  BOOST_TEST(!answered.keep_alive());
+  stream.until([&] { return stream.closed; });
+  BOOST_TEST(stream.ended);
+}
+
+BOOST_AUTO_TEST_CASE(server_metrics_parse, *boost::unit_test::timeout(60)) {
+  api::options opts;
+  opts.rate_limit = 0.01;
+  opts.rate_burst = 3;
+  running_server s(opts);
+  client c(s.srv.port());
+  BOOST_TEST(c.get("/v1/post-training/jobs").result_int() == 200);
+  BOOST_TEST(c.get("/v1/post-training/job/artifacts?job_uuid=none").result_int() == 404);
+  const double limited_before = ckptd::metrics::http_rate_limited.value();
+  auto text = c.get("/metrics");
+  BOOST_TEST(text.result_int() == 200);
+  BOOST_TEST(header(text, "Content-Type") == "text/plain; version=0.0.4; charset=utf-8");
+  BOOST_TEST(c.get("/v1/post-training/jobs").result_int() == 429);
+  BOOST_TEST(ckptd::metrics::http_rate_limited.value() == limited_before + 1);
+  BOOST_TEST(exposition_problem(text.body()) == "");
+  BOOST_TEST(text.body().find(R"(ckptd_http_requests_total{route="jobs",code="200"} 1)") !=
+             std::string::npos);
+  BOOST_TEST(text.body().find(R"(ckptd_http_requests_total{route="artifacts",code="404"} 1)") !=
+             std::string::npos);
+  BOOST_TEST(text.body().find("ckptd_http_open_connections ") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(server_requires_bearer_token, *boost::unit_test::timeout(60)) {
+  api::options opts = unlimited();
+  opts.auth_tokens = {"s3cret"};
+  running_server s(opts);
+  client c(s.srv.port());
+  auto refused = c.get("/v1/post-training/jobs");
+  check_error_body(refused, 401);
+  BOOST_TEST(header(refused, "WWW-Authenticate").starts_with("Bearer"));
+  BOOST_TEST(refused.keep_alive());
+  check_error_body(c.get("/v1/post-training/jobs", "Authorization: Bearer nope\r\n"), 401);
+  BOOST_TEST(c.get("/v1/post-training/jobs", "Authorization: Bearer s3cret\r\n").result_int() ==
+             200);
+  BOOST_TEST(c.get("/healthz").result_int() == 200);
+  BOOST_TEST(c.get("/readyz").result_int() == 503);  // open, and not ready yet
+  check_error_body(c.get("/metrics"), 401);
+  check_error_body(c.get("/v1/ckptd/events"), 401);
+  // reconfigure() changes the tokens of the live connection.
+  api::options next = opts;
+  next.auth_tokens = {"fresh"};
+  s.srv.reconfigure(next);
+  BOOST_TEST(eventually([&] {
+    return c.get("/v1/post-training/jobs", "Authorization: Bearer fresh\r\n").result_int() == 200;
+  }));
+  check_error_body(c.get("/v1/post-training/jobs", "Authorization: Bearer s3cret\r\n"), 401);
+}
+
+BOOST_AUTO_TEST_CASE(server_cors_preflight, *boost::unit_test::timeout(60)) {
+  api::options opts = unlimited();
+  opts.cors_origins = {"https://dash.example"};
+  opts.auth_tokens = {"s3cret"};
+  running_server s(opts);
+  client c(s.srv.port());
+  c.send(
+      "OPTIONS /v1/post-training/job/status?job_uuid=j HTTP/1.1\r\nHost: x\r\n"
+      "Origin: https://dash.example\r\nAccess-Control-Request-Method: GET\r\n"
+      "Access-Control-Request-Headers: authorization, prefer\r\n\r\n");
+  auto pre = c.read(/*head=*/true);
+  BOOST_TEST(pre.result_int() == 204);
+  BOOST_TEST(header(pre, "Access-Control-Allow-Origin") == "https://dash.example");
+  BOOST_TEST(header(pre, "Access-Control-Allow-Headers").find("Authorization") !=
+             std::string::npos);
+  BOOST_TEST(header(pre, "Access-Control-Max-Age") != "<absent>");
+  BOOST_TEST(header(pre, "Vary").find("Origin") != std::string::npos);
+  auto simple = c.get("/v1/post-training/jobs",
+                      "Origin: https://dash.example\r\nAuthorization: Bearer s3cret\r\n");
+  BOOST_TEST(simple.result_int() == 200);
+  BOOST_TEST(header(simple, "Access-Control-Allow-Origin") == "https://dash.example");
+  BOOST_TEST(header(simple, "Access-Control-Expose-Headers").find("ETag") != std::string::npos);
+  BOOST_TEST(header(simple, "Vary") == "Accept-Encoding, Origin");
+  auto foreign = c.get("/v1/post-training/jobs",
+                       "Origin: https://evil.example\r\nAuthorization: Bearer s3cret\r\n");
+  BOOST_TEST(foreign.result_int() == 200);
+  BOOST_TEST(header(foreign, "Access-Control-Allow-Origin") == "<absent>");
+  BOOST_TEST(header(foreign, "Access-Control-Expose-Headers") == "<absent>");
+}
+
+BOOST_AUTO_TEST_CASE(server_answers_408_to_a_stalled_request, *boost::unit_test::timeout(60)) {
+  api::options opts = unlimited();
+  opts.read_timeout = 300ms;
+  running_server s(opts);
+  {
+    client c(s.srv.port());
+    c.send("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ");  // and nothing more
+    auto res = c.read();
+    check_error_body(res, 408);
+    BOOST_TEST(!res.keep_alive());
+    BOOST_TEST(c.closed_by_server());
+  }
+  {
+    client c(s.srv.port());
+    c.send("POST /v1/post-training/job/cancel HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{\"");
+    check_error_body(c.read(), 408);
+    BOOST_TEST(c.closed_by_server());
+  }
+  {
+    // A connection that never sends anything is just closed.
+    client c(s.srv.port());
+    char byte = 0;
+    boost::system::error_code ec;
+    const std::size_t n = c.socket.read_some(net::buffer(&byte, 1), ec);
+    BOOST_TEST(n == 0u);
+    BOOST_TEST((ec == net::error::eof || ec == net::error::connection_reset));
+  }
+  {
+    // Requests that arrive in time are unaffected, on a kept-alive connection.
+    client c(s.srv.port());
+    BOOST_TEST(c.get("/healthz").result_int() == 200);
+    BOOST_TEST(c.get("/healthz").result_int() == 200);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(server_reconfigure_changes_rate_limit, *boost::unit_test::timeout(60)) {
+  api::options opts;
+  opts.rate_limit = 0.01;
+  opts.rate_burst = 1;
+  running_server s(opts);
+  client c(s.srv.port());
+  BOOST_TEST(c.get("/v1/post-training/jobs").result_int() == 200);
+  BOOST_TEST(c.get("/v1/post-training/jobs").result_int() == 429);
+  api::options relaxed = opts;
+  relaxed.rate_limit = 0;  // unlimited
+  s.srv.reconfigure(relaxed);
+  BOOST_TEST(eventually([&] { return c.get("/v1/post-training/jobs").result_int() == 200; }));
+  for (int i = 0; i < 20; ++i) BOOST_TEST(c.get("/v1/post-training/jobs").result_int() == 200);
+  api::options strict = opts;
+  strict.rate_limit = 0.01;
+  strict.rate_burst = 2;
+  s.srv.reconfigure(strict);
+  BOOST_TEST(eventually([&] { return c.get("/v1/post-training/jobs").result_int() == 429; }));
+  BOOST_TEST(c.get("/healthz").result_int() == 200);
+  BOOST_TEST(c.get("/healthz").keep_alive());
+}
+
+BOOST_AUTO_TEST_CASE(rate_limiter_reconfigure_keeps_share) {
+  api::rate_limiter limiter({/*rate_per_second=*/1, /*burst=*/4}, 10);
+  for (int i = 0; i < 4; ++i) BOOST_TEST(limiter.take("a", t0).allowed);
+  BOOST_TEST(!limiter.take("a", t0).allowed);
+  // Empty stays empty under a larger burst: no fresh burst for a throttled client.
+  limiter.reconfigure({/*rate_per_second=*/1, /*burst=*/100}, 10);
+  BOOST_TEST(!limiter.take("a", t0).allowed);
+  BOOST_TEST(limiter.take("b", t0).allowed);
+  limiter.reconfigure({/*rate_per_second=*/1, /*burst=*/100}, 1);
+  BOOST_TEST(limiter.size() == 1u);
+  limiter.reconfigure({/*rate_per_second=*/0, /*burst=*/1}, 10);
+  BOOST_TEST(!limiter.enabled());
+  BOOST_TEST(limiter.size() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(server_adopts_inherited_sockets, *boost::unit_test::timeout(60)) {
+  // As systemd would: bound and listening before the server sees it.
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  BOOST_REQUIRE(fd >= 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  BOOST_REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+  BOOST_REQUIRE(::listen(fd, 16) == 0);
+  socklen_t length = sizeof address;
+  BOOST_REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0);
+  const std::uint16_t port = ntohs(address.sin_port);
+
+  std::vector<int> fds = {fd};
+  // A second one over IPv6, where the host has it.
+  const int fd6 = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in6 address6{};
+  address6.sin6_family = AF_INET6;
+  address6.sin6_addr = in6addr_loopback;
+  const bool have_v6 =
+      fd6 >= 0 && ::bind(fd6, reinterpret_cast<sockaddr*>(&address6), sizeof address6) == 0 &&
+      ::listen(fd6, 16) == 0;
+  if (have_v6) {
+    fds.push_back(fd6);
+  } else if (fd6 >= 0) {
+    ::close(fd6);
+  }
+
+  api::options opts = unlimited();
+  opts.listen_fds = fds;
+  opts.listen_port = 1;  // ignored: nothing is bound
+  net::io_context ctx;
+  api::server srv(ctx, opts);
+  std::FILE* capture = std::tmpfile();
+  BOOST_REQUIRE(capture != nullptr);
+  const int saved = ::dup(STDERR_FILENO);
+  ::dup2(::fileno(capture), STDERR_FILENO);
+  srv.start();
+  ::dup2(saved, STDERR_FILENO);
+  ::close(saved);
+  std::rewind(capture);
+  std::string logged(4096, '\0');
+  logged.resize(std::fread(logged.data(), 1, logged.size(), capture));
+  std::fclose(capture);
+  BOOST_TEST(srv.port() == port);
+  BOOST_TEST(logged.find("listening on 127.0.0.1:" + std::to_string(port) + "\n") !=
+                 std::string::npos,
+             logged);
+  std::thread thread([&] { ctx.run(); });
+  {
+    client c(port);
+    BOOST_TEST(c.get("/healthz").result_int() == 200);
+    BOOST_TEST(srv.open_connections() == 1u);
+  }
+  if (have_v6) {
+    socklen_t length6 = sizeof address6;
+    BOOST_REQUIRE(::getsockname(fd6, reinterpret_cast<sockaddr*>(&address6), &length6) == 0);
+    const std::uint16_t port6 = ntohs(address6.sin6_port);
+    BOOST_TEST(logged.find("listening on [::1]:" + std::to_string(port6) + "\n") !=
+               std::string::npos);
+    net::io_context cctx;
+    tcp::socket sock(cctx);
+    sock.connect(tcp::endpoint(net::ip::make_address("::1"), port6));
+    net::write(sock, net::buffer(std::string("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")));
+    beast::flat_buffer buffer;
+    http::response<http::string_body> res;
+    http::read(sock, buffer, res);
+    BOOST_TEST(res.result_int() == 200);
+  }
+  BOOST_TEST(eventually([&] { return srv.open_connections() == 0u; }));
+  net::post(ctx, [&] { srv.stop(); });
+  thread.join();
 }
 
 BOOST_AUTO_TEST_SUITE_END()

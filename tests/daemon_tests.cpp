@@ -276,8 +276,8 @@ void torchtune_folder_counts_only_with_weights_and_after_quiet_time(const std::s
   temp_dir dir;
   const auto root = dir / "tt";
   std::filesystem::create_directories(root);
-  daemon_process d({"--job", "tt-job=" + root.string() + ";mode=" + mode + ";interval=0.2",
-                    "--db", (dir / "db").string(), "--settle-time", "0.5", "--rate-limit", "0"});
+  daemon_process d({"--job", "tt-job=" + root.string() + ";mode=" + mode + ";interval=0.2", "--db",
+                    (dir / "db").string(), "--settle-time", "0.5", "--rate-limit", "0"});
   BOOST_TEST_REQUIRE(eventually([&] { return ready(d.port()); }));
   torchtune_run run(root);
   run.begin_epoch("Llama3.2-3B-Instruct", 0);
@@ -309,12 +309,14 @@ BOOST_AUTO_TEST_CASE(crash_during_a_run_loses_and_invents_nothing) {
   std::int64_t step = 0;
   for (int round = 0; round < 6; ++round) {
     {
-      daemon_process d({"--watch", (dir / "runs").string(), "--db", (dir / "db").string(), "--rate-limit", "0"});
+      daemon_process d(
+          {"--watch", (dir / "runs").string(), "--db", (dir / "db").string(), "--rate-limit", "0"});
       // Saves land while the daemon starts and reconciles; the kill comes mid-flight.
       for (int i = 0; i < 2 + round % 3; ++i) {
         step += 10;
         run.begin_save(step);
-        if (round % 2 == 1 && i == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20 * round));
+        if (round % 2 == 1 && i == 0)
+          std::this_thread::sleep_for(std::chrono::milliseconds(20 * round));
         run.finish_save();
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(15 * round));
@@ -322,7 +324,8 @@ BOOST_AUTO_TEST_CASE(crash_during_a_run_loses_and_invents_nothing) {
     }
     watched_daemon restarted(dir);
     temp_dir fresh_db;
-    daemon_process fresh({"--watch", (dir / "runs").string(), "--db", (fresh_db / "db").string(), "--rate-limit", "0"});
+    daemon_process fresh({"--watch", (dir / "runs").string(), "--db", (fresh_db / "db").string(),
+                          "--rate-limit", "0"});
     BOOST_TEST_REQUIRE(eventually([&] { return ready(fresh.port()); }));
     auto a = get(restarted.port(), artifacts_target("job"));
     auto b = get(fresh.port(), artifacts_target("job"));

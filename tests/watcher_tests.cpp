@@ -72,6 +72,20 @@ class memory_view final : public w::candidate_view {
     bytes_read_ += out.size();
     return out;
   }
+  // Files beside the candidate, in its parent folder.
+  memory_view& add_sibling(const std::string& name, std::string bytes) {
+    siblings_[name] = std::move(bytes);
+    return *this;
+  }
+  std::optional<std::string> read_sibling(std::string_view name,
+                                          std::uint64_t max_bytes) const override {
+    const auto it = siblings_.find(std::string(name));
+    if (it == siblings_.end() || it->second.size() > max_bytes) return std::nullopt;
+    return it->second;
+  }
+  bool sibling_exists(std::string_view name) const override {
+    return siblings_.contains(std::string(name));
+  }
 
  private:
   void sort() {
@@ -82,6 +96,7 @@ class memory_view final : public w::candidate_view {
   bool is_dir_;
   std::vector<w::file_info> files_;
   std::map<std::string, std::string> contents_;
+  std::map<std::string, std::string> siblings_;
   mutable std::uint64_t bytes_read_ = 0;
 };
 

@@ -36,8 +36,8 @@ bool eventually(const std::function<bool()>& condition, std::chrono::millisecond
   }
 }
 
-daemon_process::daemon_process(std::vector<std::string> args) {
-  bool has_listen = false;
+daemon_process::daemon_process(std::vector<std::string> args, process_options options) {
+  bool has_listen = options.listen_fd >= 0;
   for (auto& a : args) has_listen = has_listen || a == "--listen";
   if (!has_listen) {
     args.push_back("--listen");
@@ -63,6 +63,20 @@ daemon_process::daemon_process(std::vector<std::string> args) {
     ::dup2(null_fd, STDOUT_FILENO);
     ::unsetenv("JOURNAL_STREAM");
     ::unsetenv("NOTIFY_SOCKET");
+    ::unsetenv("LISTEN_FDS");
+    ::unsetenv("LISTEN_PID");
+    for (auto& [name, value] : options.env) ::setenv(name.c_str(), value.c_str(), 1);
+    if (options.listen_fd >= 0) {
+      // systemd's protocol: the sockets start at fd 3, and LISTEN_PID names
+      // the process they are meant for.
+      if (options.listen_fd == 3) {
+        ::fcntl(3, F_SETFD, 0);  // dup2 onto itself would keep close-on-exec
+      } else {
+        ::dup2(options.listen_fd, 3);
+      }
+      ::setenv("LISTEN_FDS", "1", 1);
+      ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
+    }
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }
@@ -137,6 +151,14 @@ int daemon_process::stop(std::chrono::milliseconds deadline) {
     return -1;
   }
   return code;
+}
+
+void daemon_process::signal(int signal_number) {
+  if (pid_ > 0) ::kill(pid_, signal_number);
+}
+
+bool daemon_process::wait_for_log(std::string_view text, std::chrono::milliseconds timeout) {
+  return eventually([&] { return log().find(text) != std::string::npos; }, timeout);
 }
 
 void daemon_process::kill9() {

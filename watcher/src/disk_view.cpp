@@ -15,6 +15,10 @@
 //  - Entries that vanish between readdir and stat are skipped: rotation may
 //    delete a checkpoint while it is being listed.
 //  - The listing is bounded in depth and in entries.
+//  - Files beside the candidate (read_sibling, read_beside, list_beside) get
+//    the same treatment: every component below the parent (or grandparent)
+//    is opened with O_NOFOLLOW, and "", "." and ".." components are refused,
+//    so a layout can look only where it says it looks.
 
 #include "layout.hpp"
 
@@ -41,6 +45,9 @@ constexpr int max_depth_limit = 16;
 // Reads are bounded by their callers; this only stops a runaway request from
 // allocating without limit.
 constexpr std::uint64_t max_read_bytes = 256ull << 20;
+// A run folder's logs/ or the folder above checkpoints/ holds a handful of
+// files; more than this and the rest are not looked at.
+constexpr std::size_t max_beside_entries = 10'000;
 
 class fd_guard {
  public:
@@ -77,10 +84,79 @@ int open_file_for_read(int dirfd, const char* name) {
   return fd;
 }
 
+constexpr int open_dir_flags = O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+
+// Opens the folder at `rel` below `base` (`rel` "" is `base` itself), one
+// component at a time and refusing symlinks at every step. With `want_file`,
+// the last component is opened as a regular file for reading instead. -1
+// when anything is missing, refused or not of the kind asked for.
+int open_below(const std::filesystem::path& base, std::string_view rel, bool want_file) {
+  if (!rel.empty() && rel.front() == '/') return -1;
+  if (rel.empty() && want_file) return -1;
+  int dir = open_retrying(AT_FDCWD, base.c_str(), open_dir_flags);
+  std::size_t start = 0;
+  while (dir >= 0 && start < rel.size()) {
+    const auto slash = rel.find('/', start);
+    const auto end = slash == std::string_view::npos ? rel.size() : slash;
+    const std::string part(rel.substr(start, end - start));
+    const bool last = end == rel.size();
+    int next = -1;
+    if (part.empty() || part == "." || part == "..") {
+      next = -1;
+    } else if (last && want_file) {
+      next = open_file_for_read(dir, part.c_str());
+    } else {
+      next = open_retrying(dir, part.c_str(), open_dir_flags);
+    }
+    ::close(dir);
+    if (last) return next;
+    dir = next;
+    start = end + 1;
+  }
+  if (rel.empty()) return dir;
+  if (dir >= 0) ::close(dir);  // rel ended with '/'
+  return -1;
+}
+
+// Up to `length` bytes from `offset` of the regular file open as `fd`.
+std::optional<std::string> read_range(int fd, std::uint64_t offset, std::uint64_t length) {
+  const fd_guard file(fd);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  if (offset >= size) return std::string();
+  std::string out(std::min({length, size - offset, max_read_bytes}), '\0');
+  std::size_t got = 0;
+  while (got < out.size()) {
+    const ssize_t n =
+        ::pread(fd, out.data() + got, out.size() - got, static_cast<off_t>(offset + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return std::nullopt;
+    if (n == 0) break;  // the file shrank since fstat
+    got += static_cast<std::size_t>(n);
+  }
+  out.resize(got);
+  return out;
+}
+
+// A plain name for an entry of one folder: no '/', not "", "." or "..".
+bool is_plain_name(std::string_view name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string_view::npos;
+}
+
 class disk_view final : public candidate_view {
  public:
   disk_view(std::filesystem::path path, std::string name, bool is_dir)
-      : path_(std::move(path)), name_(std::move(name)), is_dir_(is_dir) {}
+      : path_(std::move(path)), name_(std::move(name)), is_dir_(is_dir) {
+    // "a/b/" names b, like "a/b": its parent is a.
+    std::filesystem::path self = path_;
+    if (!self.has_filename()) self = self.parent_path();
+    parent_ = self.parent_path();
+    if (parent_.empty()) parent_ = ".";
+    // The engine passes absolute paths; "." and ".." cover relative ones.
+    grandparent_ = parent_ == "." ? std::filesystem::path("..") : parent_.parent_path();
+    if (grandparent_.empty()) grandparent_ = ".";
+  }
 
   std::string_view name() const override { return name_; }
   bool is_dir() const override { return is_dir_; }
@@ -88,24 +164,71 @@ class disk_view final : public candidate_view {
 
   std::optional<std::string> read(std::string_view rel, std::uint64_t offset,
                                   std::uint64_t length) const override {
-    const int fd = is_dir_ ? open_inside(rel) : (rel.empty() ? open_self() : -1);
+    const int fd = is_dir_ ? (rel.empty() ? -1 : open_below(path_, rel, /*want_file=*/true))
+                           : (rel.empty() ? open_self() : -1);
     if (fd < 0) return std::nullopt;
-    const fd_guard file(fd);
+    return read_range(fd, offset, length);
+  }
+
+  std::optional<std::string> read_sibling(std::string_view name,
+                                          std::uint64_t max_bytes) const override {
+    if (!is_plain_name(name)) return std::nullopt;
+    const int fd = open_below(parent_, name, /*want_file=*/true);
+    if (fd < 0) return std::nullopt;
+    // One byte more than allowed tells a file that is too large.
+    auto text = read_range(fd, 0, max_bytes + 1);
+    if (!text || text->size() > max_bytes) return std::nullopt;
+    return text;
+  }
+
+  bool sibling_exists(std::string_view name) const override {
+    if (!is_plain_name(name)) return false;
+    const int dir = open_below(parent_, "", /*want_file=*/false);
+    if (dir < 0) return false;
+    const fd_guard guard(dir);
     struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
-    const auto size = static_cast<std::uint64_t>(st.st_size);
-    if (offset >= size) return std::string();
-    std::string out(std::min({length, size - offset, max_read_bytes}), '\0');
-    std::size_t got = 0;
-    while (got < out.size()) {
-      const ssize_t n =
-          ::pread(fd, out.data() + got, out.size() - got, static_cast<off_t>(offset + got));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return std::nullopt;
-      if (n == 0) break;  // the file shrank since fstat
-      got += static_cast<std::size_t>(n);
+    return ::fstatat(dir, std::string(name).c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+  }
+
+  std::optional<std::string> read_beside(int up, std::string_view rel, std::uint64_t offset,
+                                         std::uint64_t length) const override {
+    const auto* base = base_of(up);
+    if (!base || rel.empty()) return std::nullopt;
+    const int fd = open_below(*base, rel, /*want_file=*/true);
+    if (fd < 0) return std::nullopt;
+    return read_range(fd, offset, length);
+  }
+
+  std::vector<file_info> list_beside(int up, std::string_view rel) const override {
+    std::vector<file_info> out;
+    const auto* base = base_of(up);
+    if (!base) return out;
+    const int fd = open_below(*base, rel, /*want_file=*/false);
+    if (fd < 0) return out;
+    // O_PATH descriptors cannot be read: reopen the folder itself for readdir.
+    const int dir_fd = open_retrying(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    ::close(fd);
+    if (dir_fd < 0) return out;
+    DIR* dir = ::fdopendir(dir_fd);
+    if (!dir) {
+      ::close(dir_fd);
+      return out;
     }
-    out.resize(got);
+    while (const dirent* entry = ::readdir(dir)) {
+      const std::string_view entry_name = entry->d_name;
+      if (entry_name == "." || entry_name == "..") continue;
+      if (out.size() >= max_beside_entries) break;
+      struct stat st {};
+      if (::fstatat(::dirfd(dir), entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+      const bool is_folder = S_ISDIR(st.st_mode);
+      if (!is_folder && !S_ISREG(st.st_mode)) continue;
+      out.push_back(file_info{std::string(entry_name), is_folder,
+                              is_folder ? 0 : static_cast<std::uint64_t>(st.st_size),
+                              mtime_ns_of(st)});
+    }
+    ::closedir(dir);
+    std::sort(out.begin(), out.end(),
+              [](const file_info& a, const file_info& b) { return a.rel < b.rel; });
     return out;
   }
 
@@ -163,33 +286,16 @@ class disk_view final : public candidate_view {
 
   int open_self() const { return open_file_for_read(AT_FDCWD, path_.c_str()); }
 
-  // Walks `rel` one component at a time, refusing symlinks at every step.
-  int open_inside(std::string_view rel) const {
-    if (rel.empty() || rel.front() == '/') return -1;
-    int dir = open_retrying(AT_FDCWD, path_.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    std::size_t start = 0;
-    while (dir >= 0) {
-      const auto slash = rel.find('/', start);
-      const auto end = slash == std::string_view::npos ? rel.size() : slash;
-      const std::string part(rel.substr(start, end - start));
-      int next = -1;
-      if (part.empty() || part == "." || part == "..") {
-        next = -1;
-      } else if (slash == std::string_view::npos) {
-        const int fd = open_file_for_read(dir, part.c_str());
-        ::close(dir);
-        return fd;
-      } else {
-        next = open_retrying(dir, part.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-      }
-      ::close(dir);
-      dir = next;
-      start = end + 1;
-    }
-    return -1;
+  // The candidate's parent (up 0) or the parent's parent (up 1), or nullptr.
+  const std::filesystem::path* base_of(int up) const {
+    if (up == 0) return &parent_;
+    if (up == 1) return &grandparent_;
+    return nullptr;
   }
 
   std::filesystem::path path_;
+  std::filesystem::path parent_;
+  std::filesystem::path grandparent_;
   std::string name_;
   bool is_dir_;
   std::vector<file_info> files_;
@@ -218,7 +324,6 @@ std::unique_ptr<candidate_view> view_from_disk(const std::filesystem::path& path
   auto view = std::make_unique<disk_view>(path, std::move(name), true);
   view->list(fd, std::clamp(max_depth, 1, max_depth_limit));
   return view;
-  return nullptr;
 }
 
 }  // namespace ckptd::watcher

@@ -10,7 +10,7 @@ namespace ckptd::watcher {
 namespace {
 
 constexpr std::array<std::string_view, 5> statuses = {"scheduled", "in_progress", "completed",
-                                                       "failed", "cancelled"};
+                                                      "failed", "cancelled"};
 
 bool is_terminal(std::string_view status) {
   return status == "completed" || status == "failed" || status == "cancelled";

@@ -22,7 +22,7 @@ namespace ckptd::watcher {
 inline constexpr std::string_view job_manifest_file = "ckptd-job.json";
 
 struct job_facts {
-  std::optional<std::string> manifest_status;     // a valid status from ckptd-job.json
+  std::optional<std::string> manifest_status;  // a valid status from ckptd-job.json
   std::int64_t manifest_mtime_ns = 0;
   std::optional<std::int64_t> final_artifact_mtime_ns;
   bool has_checkpoints = false;

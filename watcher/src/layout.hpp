@@ -46,6 +46,30 @@ class candidate_view {
   // Whether an entry of this name exists beside the candidate (NeMo's
   // "<name>-unfinished" marker).
   virtual bool sibling_exists(std::string_view name) const = 0;
+
+  // Files further from the candidate, which a trainer writes into its run
+  // folder rather than into the checkpoint: torchtune's DiskLogger files in
+  // "logs/" beside epoch_<k>/, Lightning's CSVLogger "metrics.csv" beside the
+  // checkpoints/ folder. `up` picks the base folder: 0 is the candidate's
+  // parent, 1 the parent's parent; anything else is refused. `rel` is a
+  // relative '/'-separated path below the base; "", ".", ".." components,
+  // absolute paths and symlinks anywhere along it are refused, as in read().
+  //
+  // Up to `length` bytes from `offset` of the regular file at `rel`; fewer
+  // when it is shorter, nullopt when it is missing, unreadable or refused.
+  virtual std::optional<std::string> read_beside(int up, std::string_view rel,
+                                                 std::uint64_t offset,
+                                                 std::uint64_t length) const {
+    (void)up, (void)rel, (void)offset, (void)length;
+    return std::nullopt;
+  }
+  // The regular files and folders directly inside the folder at `rel` ("" for
+  // the base itself), sorted by name, each with rel = its name; at most a few
+  // thousand. Empty when it is missing, unreadable or refused.
+  virtual std::vector<file_info> list_beside(int up, std::string_view rel) const {
+    (void)up, (void)rel;
+    return {};
+  }
 };
 
 enum class state {
@@ -85,6 +109,17 @@ class layout {
   virtual bool watches_sibling(std::string_view file_name) const {
     (void)file_name;
     return false;
+  }
+  // The names of the files beside a candidate of this name (in its parent
+  // folder) that recognise() reads through read_sibling / sibling_exists, so
+  // that its verdict can change while nothing inside the candidate does:
+  // DeepSpeed's "latest", Megatron's tracker, NeMo's "<name>-unfinished".
+  // A memo of a verdict is only valid while these (their size and mtime, or
+  // their absence) are unchanged too. Empty for layouts that look only inside.
+  virtual std::vector<std::string> sibling_inputs(std::string_view candidate_name,
+                                                  bool is_dir) const {
+    (void)candidate_name, (void)is_dir;
+    return {};
   }
   // Judges a claimed candidate from what is on disk.
   virtual recognition recognise(const candidate_view& c) const = 0;

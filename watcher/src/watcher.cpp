@@ -181,20 +181,34 @@ std::string_view remote_filesystem_name(const std::string& path) {
   struct statfs st {};
   if (::statfs(path.c_str(), &st) != 0) return {};
   switch (static_cast<std::uint32_t>(st.f_type)) {
-    case 0x6969u: return "nfs";
-    case 0x0BD00BD0u: return "lustre";
-    case 0x47504653u: return "gpfs";
-    case 0xFF534D42u: return "cifs";
-    case 0xFE534D42u: return "smb2";
-    case 0x517Bu: return "smb";
-    case 0x65735546u: return "fuse";
-    case 0x00C36400u: return "ceph";
-    case 0x01021997u: return "9p";
-    case 0x5346414Fu: return "afs";
-    case 0x6B414653u: return "afs";
-    case 0x013111A8u: return "ibrix";
-    case 0x0BD00BD1u: return "lustre";
-    default: return {};
+    case 0x6969u:
+      return "nfs";
+    case 0x0BD00BD0u:
+      return "lustre";
+    case 0x47504653u:
+      return "gpfs";
+    case 0xFF534D42u:
+      return "cifs";
+    case 0xFE534D42u:
+      return "smb2";
+    case 0x517Bu:
+      return "smb";
+    case 0x65735546u:
+      return "fuse";
+    case 0x00C36400u:
+      return "ceph";
+    case 0x01021997u:
+      return "9p";
+    case 0x5346414Fu:
+      return "afs";
+    case 0x6B414653u:
+      return "afs";
+    case 0x013111A8u:
+      return "ibrix";
+    case 0x0BD00BD1u:
+      return "lustre";
+    default:
+      return {};
   }
 }
 
@@ -280,7 +294,8 @@ class watcher::impl {
       add_root(root, how_to_follow(f));
     }
     for (auto& [uuid, entry] : new_jobs) {
-      if (!jobs_.contains(uuid)) add_job(uuid, entry.first, /*root=*/"", how_to_follow(entry.second, entry.first));
+      if (!jobs_.contains(uuid))
+        add_job(uuid, entry.first, /*root=*/"", how_to_follow(entry.second, entry.first));
     }
     if (depth_changed) rescan_all();
     rescan_timer_.cancel();
@@ -421,13 +436,18 @@ class watcher::impl {
     follow how;
     how.interval = f.poll_interval.value_or(opts_.poll_interval);
     switch (f.mode.value_or(opts_.mode)) {
-      case watch_mode::poll: how.polled = true; break;
-      case watch_mode::inotify: how.polled = false; break;
+      case watch_mode::poll:
+        how.polled = true;
+        break;
+      case watch_mode::inotify:
+        how.polled = false;
+        break;
       case watch_mode::automatic: {
         auto fs = remote_filesystem_name(resolved);
         how.polled = !fs.empty();
         if (how.polled)
-          log::notice(resolved, " is on ", fs, ", where inotify misses other hosts' writes: polling it every ",
+          log::notice(resolved, " is on ", fs,
+                      ", where inotify misses other hosts' writes: polling it every ",
                       how.interval.count() / 1000.0, " s");
         break;
       }
@@ -1020,7 +1040,8 @@ class watcher::impl {
         f.manifest_mtime_ns = mtime_ns(path).value_or(0);
         f.manifest_status = parse_job_manifest(read_small_file(path));
         if (!f.manifest_status)
-          note_problem(path, "not a job manifest: expected {\"status\": \"completed\"} or another status");
+          note_problem(
+              path, "not a job manifest: expected {\"status\": \"completed\"} or another status");
         continue;
       }
       f.has_other_content = true;
@@ -1032,11 +1053,13 @@ class watcher::impl {
         if (exists_nofollow(path + "/config.json")) {
           for (const char* weights : {"model.safetensors", "model.safetensors.index.json",
                                       "pytorch_model.bin", "adapter_model.safetensors"}) {
-            if (auto t = mtime_ns(path + "/" + weights)) final_at = std::max(final_at.value_or(0), *t);
+            if (auto t = mtime_ns(path + "/" + weights))
+              final_at = std::max(final_at.value_or(0), *t);
           }
         }
       }
-      if (final_at) f.final_artifact_mtime_ns = std::max(f.final_artifact_mtime_ns.value_or(0), *final_at);
+      if (final_at)
+        f.final_artifact_mtime_ns = std::max(f.final_artifact_mtime_ns.value_or(0), *final_at);
     }
     f.has_checkpoints = !js.known.empty();
     for (auto& [path, cp] : js.known) {
@@ -1073,7 +1096,9 @@ class watcher::impl {
     out.resize(max_manifest_bytes + 1);
     ssize_t n = ::read(fd, out.data(), out.size());
     ::close(fd);
-    out.resize(n > 0 && static_cast<std::size_t>(n) <= max_manifest_bytes ? static_cast<std::size_t>(n) : 0);
+    out.resize(n > 0 && static_cast<std::size_t>(n) <= max_manifest_bytes
+                   ? static_cast<std::size_t>(n)
+                   : 0);
     return out;
   }
 
