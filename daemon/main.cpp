@@ -20,7 +20,9 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <sys/resource.h>
 #include <atomic>
+
 #include <csignal>
 #include <ctime>
 #include <filesystem>
@@ -51,6 +53,7 @@ api::options api_options(const daemon::settings& s, std::vector<int> sockets,
   o.auth_tokens = s.auth_tokens;
   o.cors_origins = s.cors_origins;
   o.max_connections = s.max_connections;
+  o.rate_clients = s.rate_clients;
   o.event_store = event_store;
   return o;
 }
@@ -152,7 +155,18 @@ class publisher {
   std::chrono::steady_clock::time_point last_status_{};
 };
 
+// Each connection is a file descriptor: take every one the hard limit allows.
+void raise_file_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) return;
+  const auto soft = limit.rlim_cur;
+  limit.rlim_cur = limit.rlim_max;
+  if (::setrlimit(RLIMIT_NOFILE, &limit) == 0)
+    log::info("raised the open file limit from ", soft, " to ", limit.rlim_max);
+}
+
 int run(daemon::settings s, int argc, char** argv) {
+  raise_file_limit();
   std::unique_ptr<daemon::demo_trainer> demo;
   if (s.demo_dir) {
     const std::filesystem::path dir = std::filesystem::absolute(*s.demo_dir);
@@ -200,8 +214,10 @@ int run(daemon::settings s, int argc, char** argv) {
 
   watcher::callbacks cb;
   cb.on_job_changed = [&](const std::string& uuid) { pub.job_changed(uuid); };
+  std::atomic<bool> reconciled{false};
   cb.on_reconciled = [&] {
-    server.set_ready(true);
+    reconciled = true;
+    server.set_ready(index.healthy());
     pub.report_status(/*force=*/true);
     service::notify("READY=1");
   };
@@ -251,6 +267,18 @@ int run(daemon::settings s, int argc, char** argv) {
     watcher_heartbeat = steady_now();
     ping();
   }
+
+  // /readyz follows the index's health: while writes fail (full volume) the
+  // API keeps answering from what is indexed, but says it is not ready.
+  net::steady_timer health_timer(http_ctx);
+  std::function<void()> check_health = [&] {
+    server.set_ready(reconciled && index.healthy());
+    health_timer.expires_after(std::chrono::seconds(1));
+    health_timer.async_wait([&](boost::system::error_code e) {
+      if (!e) check_health();
+    });
+  };
+  check_health();
 
   // SIGHUP: re-read the configuration; a bad one is refused, the old stays.
   net::signal_set hangup(http_ctx, SIGHUP);
@@ -302,6 +330,7 @@ int run(daemon::settings s, int argc, char** argv) {
     boost::system::error_code ignored;
     hangup.cancel(ignored);
     watchdog_timer.cancel();
+    health_timer.cancel();
     server.stop();
     stop_deadline = std::chrono::steady_clock::now() + shutdown_grace;
     finish_stop();

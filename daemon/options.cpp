@@ -54,6 +54,8 @@ po::options_description describe() {
      "let browser pages from ORIGIN call the API (repeatable; '*' for any)")
     ("max-connections", po::value<std::size_t>()->value_name("N")->default_value(4096),
      "most connections open at once; more get 503")
+    ("rate-clients", po::value<std::size_t>()->value_name("N")->default_value(10000),
+     "most client addresses the rate limiter tracks (idle ones are evicted first)")
     ("rebuild-index", "move the index (--db) aside and rebuild it from the disk")
     ("demo", po::value<std::string>()->value_name("DIR"),
      "run a simulated training job in DIR, watch it and keep the index in DIR/db");
@@ -267,6 +269,11 @@ bool interpret(const po::variables_map& vm, settings& out) {
   if (out.max_connections < 1) {
     why = "must be at least 1";
     return fail("max-connections", "0");
+  }
+  out.rate_clients = vm["rate-clients"].as<std::size_t>();
+  if (out.rate_clients < 1) {
+    why = "must be at least 1";
+    return fail("rate-clients", "0");
   }
   out.rebuild_index = vm.count("rebuild-index") > 0;
   if (vm.count("demo")) out.demo_dir = vm["demo"].as<std::string>();

@@ -53,6 +53,8 @@ struct settings {
   std::vector<std::string> cors_origins;
   // Most connections open at once. Default: 4096.
   std::size_t max_connections = 4096;
+  // Most client addresses the rate limiter tracks. Default: 10000.
+  std::size_t rate_clients = 10000;
   // --rebuild-index: move the index aside and rebuild it from the disk.
   bool rebuild_index = false;
   // --demo DIR: run a simulated training job in DIR and watch it. Default: off.

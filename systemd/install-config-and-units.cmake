@@ -37,7 +37,8 @@ endif()
 file(INSTALL DESTINATION "${unitdir}" TYPE FILE FILES
      "${ckptd_source_dir}/systemd/ckptd.service" "${ckptd_source_dir}/systemd/ckptd.socket")
 
-# The source unit names the Debian paths; point it at this installation.
+# The source unit names the Debian paths (ExecStart= and ExecReload= run
+# /usr/bin/ckptd with /etc/ckptd/ckptd.conf); point it at this installation.
 set(binary "${prefix}/bin/ckptd")
 if(NOT binary STREQUAL "/usr/bin/ckptd" OR NOT confdir STREQUAL "/etc/ckptd")
   set(unit "$ENV{DESTDIR}${unitdir}/ckptd.service")
@@ -48,10 +49,10 @@ if(NOT binary STREQUAL "/usr/bin/ckptd" OR NOT confdir STREQUAL "/etc/ckptd")
     message(FATAL_ERROR "systemd/ckptd.service has no line '${exec_start}'; "
                         "update systemd/install-config-and-units.cmake with it")
   endif()
-  string(REPLACE "${exec_start}" "ExecStart=${binary} --config ${confdir}/ckptd.conf" text "${text}")
+  string(REPLACE "=/usr/bin/ckptd " "=${binary} " text "${text}")
   string(REPLACE "/etc/ckptd/ckptd.conf" "${confdir}/ckptd.conf" text "${text}")
   file(WRITE "${unit}" "${text}")
-  message(STATUS "Adjusted ExecStart of ${unit} to ${binary}")
+  message(STATUS "Pointed ${unit} at ${binary} and ${confdir}/ckptd.conf")
 endif()
 
 # Like a dpkg conffile: an edited ckptd.conf is left alone, and the example

@@ -8,6 +8,8 @@
 #include <boost/json.hpp>
 #include <boost/test/unit_test.hpp>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -391,6 +393,59 @@ BOOST_AUTO_TEST_CASE(manifest_staging_names_and_malformed_files) {
       },
       5s));
   BOOST_TEST(d.process.stop() == 0);
+}
+
+// On FUSE (and NFS, Lustre, ...) another host's writes raise no inotify event
+// on this host. bindfs stands in for such a mount: files written into the
+// folder beneath it are invisible to inotify on the mount, exactly like a
+// remote writer's. In auto mode ckptd must notice the filesystem and poll.
+BOOST_AUTO_TEST_CASE(auto_mode_polls_a_fuse_mount) {
+  if (::geteuid() != 0 || std::system("command -v bindfs >/dev/null 2>&1") != 0 ||
+      !std::filesystem::exists("/dev/fuse")) {
+    BOOST_TEST_MESSAGE("skipped: needs root, bindfs and /dev/fuse");
+    return;
+  }
+  temp_dir dir;
+  const auto below = dir / "below";
+  const auto mount = dir / "mount";
+  std::filesystem::create_directories(below / "job");
+  std::filesystem::create_directories(mount);
+  BOOST_TEST_REQUIRE(std::system(("bindfs " + below.string() + " " + mount.string()).c_str()) == 0);
+  struct unmount_at_exit {
+    std::string path;
+    ~unmount_at_exit() { [[maybe_unused]] int r = std::system(("umount " + path).c_str()); }
+  } unmount{mount.string()};
+
+  daemon_process d({"--watch", mount.string(), "--db", (dir / "db").string(), "--rate-limit", "0",
+                    "--poll-interval", "0.3"});
+  BOOST_TEST_REQUIRE(eventually([&] { return ready(d.port()); }));
+  BOOST_TEST(d.log().find("polling it every") != std::string::npos, d.log());
+
+  hf_run run(below / "job", {.steps_per_epoch = 10});
+  run.save(10);
+  BOOST_TEST(eventually([&] { return checkpoints_of(d.port(), "job").size() == 1u; }, 5s));
+  run.save(20);
+  remove_tree(run.checkpoint_dir(10));
+  BOOST_TEST(eventually(
+      [&] {
+        return identifiers(checkpoints_of(d.port(), "job")) ==
+               std::vector<std::string>{"checkpoint-20"};
+      },
+      5s));
+  BOOST_TEST(d.stop() == 0);
+
+  // The same mount watched with inotify alone misses those writes: the
+  // reason auto mode polls.
+  temp_dir other_db;
+  daemon_process blind({"--watch", mount.string(), "--db", (other_db / "db").string(),
+                        "--rate-limit", "0", "--watch-mode", "inotify"});
+  BOOST_TEST_REQUIRE(eventually([&] { return ready(blind.port()); }));
+  run.save(30);
+  std::this_thread::sleep_for(1500ms);
+  BOOST_TEST(
+      identifiers(checkpoints_of(blind.port(), "job")) == std::vector<std::string>{"checkpoint-20"},
+      boost::test_tools::per_element());
+  BOOST_TEST(blind.stop() == 0);
 }
 
 BOOST_AUTO_TEST_CASE(refuses_bad_options_with_a_clear_message) {

@@ -110,13 +110,23 @@ async function raw(path, headers = {}) {
 
 // ---- a Hugging Face Trainer run -------------------------------------------------
 
+// A small but well-formed safetensors file: an 8-byte little-endian header
+// length, the JSON header (padded to 8 bytes), then the tensor bytes.
+function safetensors() {
+  let header = JSON.stringify({ w: { dtype: 'F32', shape: [4, 4], data_offsets: [0, 64] } });
+  header += ' '.repeat((8 - (header.length % 8)) % 8);
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(header.length));
+  return Buffer.concat([length, Buffer.from(header), Buffer.alloc(64, 1)]);
+}
+
 function saveCheckpoint(step, epoch, loss, evalLoss) {
   // Written into a temporary name and renamed, as a real save's files are all
   // in place before trainer_state.json; that file goes last.
   const dir = join(jobDir, `checkpoint-${step}`);
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'config.json'), JSON.stringify({ model_type: 'llama', hidden_size: 64 }));
-  writeFileSync(join(dir, 'model.safetensors'), Buffer.alloc(4096, 7));
+  writeFileSync(join(dir, 'model.safetensors'), safetensors());
   const state = {
     global_step: step,
     epoch,

@@ -3,6 +3,8 @@
 #include <boost/json/parse.hpp>
 
 #include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <set>
@@ -332,6 +334,198 @@ std::optional<std::int64_t> json_integer(const boost::json::value& v) {
     }
   }
   return std::nullopt;
+}
+
+std::optional<std::int64_t> parse_decimal(std::string_view digits, bool allow_padding) {
+  if (digits.empty() || digits.size() > max_decimal_digits) return std::nullopt;
+  if (!allow_padding && digits.size() > 1 && digits.front() == '0') return std::nullopt;
+  std::int64_t value = 0;
+  for (const char ch : digits) {
+    if (ch < '0' || ch > '9') return std::nullopt;
+    value = value * 10 + (ch - '0');
+  }
+  return value;
+}
+
+std::optional<double> parse_float(std::string_view text) {
+  if (text.empty()) return std::nullopt;
+  double value = 0;
+  const auto* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, value, std::chars_format::general);
+  if (ec != std::errc() || ptr != end) return std::nullopt;
+  return value;
+}
+
+std::string_view trim_ascii(std::string_view s) {
+  const auto space = [](char ch) {
+    return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f' || ch == '\v';
+  };
+  while (!s.empty() && space(s.front())) s.remove_prefix(1);
+  while (!s.empty() && space(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+std::vector<name_field> name_fields(std::string_view stem) {
+  // Where each key starts: just after the last '-' before its '=' (or at the
+  // start), provided the key is not empty and holds no '='.
+  struct key_span {
+    std::size_t begin;
+    std::size_t equals;
+  };
+  std::vector<key_span> keys;
+  std::size_t key_begin = 0;
+  for (std::size_t i = 0; i < stem.size(); ++i) {
+    if (stem[i] == '-') {
+      key_begin = i + 1;
+    } else if (stem[i] == '=') {
+      if (i > key_begin) keys.push_back({key_begin, i});
+      key_begin = std::string_view::npos;  // no key until the next '-'
+    }
+  }
+  std::vector<name_field> out;
+  for (std::size_t k = 0; k < keys.size(); ++k) {
+    const std::size_t value_begin = keys[k].equals + 1;
+    // The value ends at the '-' that precedes the next key.
+    const std::size_t value_end = k + 1 < keys.size() ? keys[k + 1].begin - 1 : stem.size();
+    if (value_end < value_begin) continue;
+    out.push_back({stem.substr(keys[k].begin, keys[k].equals - keys[k].begin),
+                   stem.substr(value_begin, value_end - value_begin)});
+  }
+  return out;
+}
+
+metric_role role_of_metric(std::string_view name) {
+  for (const std::string_view n : {"loss", "train_loss", "training_loss", "reduced_train_loss"}) {
+    if (name == n) return metric_role::train_loss;
+  }
+  for (const std::string_view n : {"val_loss", "val/loss", "validation_loss", "eval_loss"}) {
+    if (name == n) return metric_role::validation_loss;
+  }
+  if (name == "perplexity" || name == "val_perplexity") return metric_role::perplexity;
+  return metric_role::none;
+}
+
+std::optional<store::training_metrics> metrics_if_known(std::int64_t epoch,
+                                                         std::optional<double> train_loss,
+                                                         std::optional<double> validation_loss,
+                                                         std::optional<double> perplexity,
+                                                         std::string& note) {
+  if (!train_loss || !validation_loss) {
+    note = !train_loss && !validation_loss ? "no training or validation loss recorded"
+           : !validation_loss              ? "no validation loss recorded"
+                                           : "no training loss recorded";
+    note += ", so no metrics";
+    return std::nullopt;
+  }
+  const double ppl = perplexity ? *perplexity : std::exp(*validation_loss);
+  if (!std::isfinite(*train_loss) || !std::isfinite(*validation_loss) || !std::isfinite(ppl)) {
+    note = "the losses or the perplexity are not finite, so no metrics";
+    return std::nullopt;
+  }
+  return store::training_metrics{epoch, *train_loss, *validation_loss, ppl};
+}
+
+namespace {
+
+constexpr std::uint64_t tar_block_bytes = 512;
+
+bool all_zero(std::string_view block) {
+  return std::all_of(block.begin(), block.end(), [](char ch) { return ch == '\0'; });
+}
+
+// An octal tar number field (NUL- or space-terminated, leading spaces
+// allowed), or GNU's base-256 form (high bit of the first byte set).
+std::optional<std::uint64_t> tar_number(std::string_view field) {
+  if (!field.empty() && (static_cast<unsigned char>(field[0]) & 0x80) != 0) {
+    if ((static_cast<unsigned char>(field[0]) & 0x40) != 0) return std::nullopt;  // negative
+    std::uint64_t v = static_cast<unsigned char>(field[0]) & 0x3F;
+    for (std::size_t i = 1; i < field.size(); ++i) {
+      if (v > (std::numeric_limits<std::uint64_t>::max() >> 8)) return std::nullopt;
+      v = (v << 8) | static_cast<unsigned char>(field[i]);
+    }
+    return v;
+  }
+  std::size_t i = 0;
+  while (i < field.size() && field[i] == ' ') ++i;
+  std::uint64_t v = 0;
+  std::size_t digits = 0;
+  for (; i < field.size() && field[i] >= '0' && field[i] <= '7'; ++i, ++digits) {
+    v = (v << 3) | static_cast<std::uint64_t>(field[i] - '0');
+  }
+  if (digits == 0 && !(i < field.size() && field[i] == '\0')) return std::nullopt;
+  for (; i < field.size(); ++i) {
+    if (field[i] != '\0' && field[i] != ' ') return std::nullopt;
+  }
+  return v;
+}
+
+// The header checksum: the byte sum with the checksum field read as spaces.
+// Old writers summed signed chars, so either sum is accepted.
+bool tar_checksum_holds(std::string_view block) {
+  const auto stored = tar_number(block.substr(148, 8));
+  if (!stored) return false;
+  std::int64_t unsigned_sum = 0;
+  std::int64_t signed_sum = 0;
+  for (std::size_t i = 0; i < block.size(); ++i) {
+    const char ch = i >= 148 && i < 156 ? ' ' : block[i];
+    unsigned_sum += static_cast<unsigned char>(ch);
+    signed_sum += static_cast<signed char>(ch);
+  }
+  return static_cast<std::int64_t>(*stored) == unsigned_sum ||
+         static_cast<std::int64_t>(*stored) == signed_sum;
+}
+
+}  // namespace
+
+std::string tar_problem(const candidate_view& c, const file_info& f) {
+  const std::string what = label(c, f);
+  if (f.is_dir) return what + ": is a folder, not a tar archive";
+  const auto block_at = [&](std::uint64_t offset) -> std::optional<std::string> {
+    auto b = c.read(f.rel, offset, tar_block_bytes);
+    if (b && b->size() != tar_block_bytes) return std::nullopt;
+    return b;
+  };
+  std::uint64_t offset = 0;
+  for (std::size_t members = 0; members <= max_tar_members; ++members) {
+    if (offset + tar_block_bytes > f.size) {
+      return what + ": ends inside the archive (no end blocks); truncated or still being written";
+    }
+    const auto block = block_at(offset);
+    if (!block) return what + ": cannot be read (gone or shrinking?)";
+    if (all_zero(*block)) {
+      if (offset == 0) return what + ": starts with a zero block; not a tar archive";
+      if (offset + 2 * tar_block_bytes > f.size) {
+        return what + ": only one end block; truncated or still being written";
+      }
+      const auto second = block_at(offset + tar_block_bytes);
+      if (!second) return what + ": cannot be read (gone or shrinking?)";
+      if (!all_zero(*second)) return what + ": a lone zero block inside the archive";
+      return {};
+    }
+    if (!tar_checksum_holds(*block)) {
+      return what + ": no valid tar header at byte " + std::to_string(offset) +
+             "; not a tar archive, or damaged";
+    }
+    const auto size = tar_number(std::string_view(*block).substr(124, 12));
+    if (!size || *size > f.size) {
+      return what + ": member at byte " + std::to_string(offset) +
+             " claims more data than the file holds; truncated or still being written";
+    }
+    const std::uint64_t data_blocks = (*size + tar_block_bytes - 1) / tar_block_bytes;
+    offset += tar_block_bytes * (1 + data_blocks);
+  }
+  return what + ": more than " + std::to_string(max_tar_members) + " members";
+}
+
+bool is_gzip(const candidate_view& c, const file_info& f) {
+  const auto head = c.read(f.rel, 0, 2);
+  return head && *head == "\x1f\x8b";
+}
+
+void fingerprint_hash::add(const file_info& f) {
+  add(f.rel);
+  add(f.size);
+  add(static_cast<std::uint64_t>(f.mtime_ns));
 }
 
 void fingerprint_hash::add(std::string_view bytes) {

@@ -79,12 +79,79 @@ std::optional<double> json_number(const boost::json::value& v);
 // nullopt for anything else.
 std::optional<std::int64_t> json_integer(const boost::json::value& v);
 
+// ---------------------------------------------------------------------------
+// Names and numbers
+
+// More decimal digits than this never name a real step or epoch, and 18
+// always fit int64.
+inline constexpr std::size_t max_decimal_digits = 18;
+
+// A step or epoch written in decimal: digits only (no sign, no spaces), at
+// most max_decimal_digits. Leading zeros only when `allow_padding` ("0" alone
+// is always fine), so that each number has one canonical folder name where the
+// trainer formats it without padding. nullopt for anything else.
+std::optional<std::int64_t> parse_decimal(std::string_view digits, bool allow_padding);
+
+// A number as Python's str()/format() writes a float or an int ("0.41",
+// "1e-05", "-2", "nan", "inf"); the whole text must be the number. nullopt
+// for anything else.
+std::optional<double> parse_float(std::string_view text);
+
+// `s` without leading and trailing ASCII whitespace.
+std::string_view trim_ascii(std::string_view s);
+
+// The "key=value" fields of a checkpoint name as Lightning's ModelCheckpoint
+// (and NeMo, which builds on it) formats them: "epoch=4-step=1250",
+// "megatron_gpt--val_loss=2.1034-epoch=0". A key runs back from its '=' to
+// the previous '-' (or the start); a value runs to the '-' before the next
+// key, so negative numbers and exponents ("1e-05") stay whole. Text before
+// the first key ("megatron_gpt-") is not a field. Callers strip suffixes
+// such as "-v1" and "-last" first.
+struct name_field {
+  std::string_view key;
+  std::string_view value;
+};
+std::vector<name_field> name_fields(std::string_view stem);
+
+// Which loss a metric name stands for, across trainers: "loss",
+// "train_loss", "training_loss", "reduced_train_loss" are training losses;
+// "val_loss", "val/loss", "validation_loss", "eval_loss" validation losses;
+// "perplexity", "val_perplexity" perplexities. Anything else: none.
+enum class metric_role { none, train_loss, validation_loss, perplexity };
+metric_role role_of_metric(std::string_view name);
+
+// The general metrics rule of every layout: perplexity is exp(validation
+// loss) unless the trainer gave one; training_metrics exist only when the
+// training and validation losses are both known and every value is finite.
+// Otherwise nullopt, with `note` saying what was missing (for the log).
+std::optional<store::training_metrics> metrics_if_known(std::int64_t epoch,
+                                                         std::optional<double> train_loss,
+                                                         std::optional<double> validation_loss,
+                                                         std::optional<double> perplexity,
+                                                         std::string& note);
+
+// ---------------------------------------------------------------------------
+// Archives
+
+// An uncompressed tar archive (NeMo's .nemo) is complete iff walking its
+// member headers from the start (each a 512-byte block whose checksum holds,
+// followed by its data rounded up to 512 bytes) reaches two zero blocks that
+// lie inside the file. A half-written archive either ends inside a member or
+// lacks the end blocks. Reads one block per member, at most max_tar_members.
+inline constexpr std::size_t max_tar_members = 100'000;
+std::string tar_problem(const candidate_view& c, const file_info& f);
+// Whether the file starts with the gzip magic bytes (a compressed archive,
+// which cannot be checked without decompressing it).
+bool is_gzip(const candidate_view& c, const file_info& f);
+
 // A 64-bit FNV-1a hash as 16 hex digits: short, stable fingerprints of long
 // file lists. Not cryptographic; only a change detector.
 class fingerprint_hash {
  public:
   void add(std::string_view bytes);
   void add(std::uint64_t number);
+  // A file's rel, size and mtime: changes when it is rewritten.
+  void add(const file_info& f);
   std::string hex() const;
 
  private:

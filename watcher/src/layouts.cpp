@@ -15,16 +15,29 @@ bool ends_with(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
 
+// NeMo's "<name>-v<k>.nemo": the previous .nemo, moved aside while the new
+// one is written and deleted afterwards.
+bool is_nemo_backup(std::string_view name) {
+  constexpr std::string_view suffix = ".nemo";
+  if (!ends_with(name, suffix)) return false;
+  const auto stem = name.substr(0, name.size() - suffix.size());
+  const auto v = stem.rfind("-v");
+  if (v == std::string_view::npos || v == 0 || v + 2 == stem.size()) return false;
+  const auto digits = stem.substr(v + 2);
+  return std::all_of(digits.begin(), digits.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+}
+
 }  // namespace
 
-// The order is the tie-break of choose_layout: earlier wins. Ties cannot
-// happen today (the specificities differ), the order only keeps the choice
-// deterministic should two ever be equal.
+// In decreasing specificity. The order is the tie-break of choose_layout:
+// earlier wins. Ties cannot happen today (the specificities differ), the
+// order only keeps the choice deterministic should two ever be equal.
 const std::vector<const layout*>& all_layouts() {
   static const std::vector<const layout*> layouts = {
-      &manifest_layout(),
-      &hf_trainer_layout(),
-      &llama_stack_torchtune_layout(),
+      &manifest_layout(),        &hf_trainer_layout(), &nemo_layout(),
+      &megatron_layout(),        &deepspeed_layout(),  &dcp_layout(),
+      &torchtune_epoch_layout(), &llama_stack_torchtune_layout(),
+      &lightning_layout(),       &orbax_layout(),
   };
   return layouts;
 }
@@ -46,6 +59,9 @@ const std::vector<const layout*>& all_layouts() {
 //    completion marker, not staging.
 //  - Generic temporary suffixes ".tmp", ".partial", ".incomplete" (for
 //    example a manifest written as ckptd-checkpoint.json.tmp and renamed).
+//  - NeMo's "<name>-v<k>.nemo": the previous .nemo, moved aside before the
+//    new one is written and deleted after it. (A model whose own name ends
+//    in "-v<digits>" cannot be told apart and is not reported as a .nemo.)
 //  - "", "." and "..", which are not names of anything.
 bool is_staging_name(std::string_view name) {
   if (name.empty() || name == "." || name == "..") return true;
@@ -53,6 +69,7 @@ bool is_staging_name(std::string_view name) {
   if (name.front() == '.') return true;
   if (starts_with(name, "tmp-checkpoint-")) return true;
   if (name.find(".orbax-checkpoint-tmp") != std::string_view::npos) return true;
+  if (is_nemo_backup(name)) return true;
   static constexpr std::array<std::string_view, 4> staging_suffixes = {"-unfinished", ".tmp",
                                                                        ".partial", ".incomplete"};
   return std::any_of(staging_suffixes.begin(), staging_suffixes.end(),
@@ -63,14 +80,42 @@ bool is_staging_name(std::string_view name) {
 //  1. A staging name (is_staging_name) belongs to no layout.
 //  2. A folder that directly holds a layout's marker_file() belongs to that
 //     layout, whatever its name: a marker is an explicit declaration by the
-//     writer, so it beats any guess from the name. Today the only marker is
-//     ckptd's manifest, which lets any trainer override ckptd's reading of
-//     its folder (a "checkpoint-400" holding a manifest is a manifest
-//     checkpoint). Among several markers, the highest specificity wins.
+//     writer, so it beats any guess from the name. Two layouts have one:
+//     ckptd's manifest (any trainer can override ckptd's reading of its
+//     folder: a "checkpoint-400" holding a manifest is a manifest checkpoint)
+//     and Orbax's _CHECKPOINT_METADATA (Orbax's "<prefix>_<N>" step names
+//     overlap torchtune's "step_<n>" and Megatron's "iter_<n>"; the file
+//     says whose it is). Among several markers, the highest specificity wins,
+//     so the manifest beats Orbax. The engine only judges folders that some
+//     layout claims by name (or that hold a manifest), so a marker decides
+//     between claimants; it does not make new candidates.
 //  3. Otherwise the layouts whose claims_name() accepts the name compete and
-//     the highest specificity() wins. Name patterns are disjoint by
-//     construction ("checkpoint-<digits>" cannot end in "-sft-<digits>"), so
-//     this only matters for future layouts.
+//     the highest specificity() wins. The full order, highest first, with
+//     the names each claims and the overlaps the order settles:
+//       100 manifest          (marker only, never by name)
+//        30 hf-trainer        checkpoint-<N>
+//        28 nemo              *.nemo; "<name>--<k>=<v>...ckpt" files and
+//                             "<name>--<k>=<v>..." folders: beats Lightning
+//                             (NeMo 1.x .ckpt files are also *.ckpt) and
+//                             llama-stack torchtune (a NeMo folder could end
+//                             in "-sft-<k>"); its "--" plus key=value pattern
+//                             is the more specific one
+//        26 megatron          iter_<7+ digits>, release: beats Orbax
+//                             (<prefix>_<N> with prefix "iter")
+//        25 deepspeed         global_step<N>
+//        24 dcp               step-<N> (torchtitan)
+//        22 torchtune         epoch_<k>, step_<n>: beats Orbax (prefixes
+//                             "epoch" and "step"); Orbax still wins by its
+//                             marker
+//        20 llama-stack-torchtune  <model>-sft-<k>, <model>-dpo-<k>
+//        15 lightning         *.ckpt files and folders: any name, hence below
+//                             every pattern with more structure
+//         5 orbax             <N> (zero padding allowed) and <prefix>_<N>:
+//                             the most generic names of all, so the lowest;
+//                             a bare number is reported only with Orbax's
+//                             own completion files in it
+//     Patterns not listed as overlapping are disjoint by construction
+//     ("checkpoint-<digits>" cannot end in "-sft-<digits>").
 //  4. Equal specificities are broken by the order of all_layouts(): earlier
 //     wins.
 const layout* choose_layout(std::string_view name, bool is_dir,
