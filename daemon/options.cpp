@@ -32,7 +32,7 @@ po::options_description describe() {
     ("poll-interval", po::value<double>()->value_name("SECONDS")->default_value(10),
      "seconds between walks of a polled folder")
     ("db", po::value<std::string>()->value_name("DIR"),
-     "folder of the RocksDB index (default: $STATE_DIRECTORY, else /var/lib/ckptd)")
+     "folder of the RocksDB index (default: $STATE_DIRECTORY/index, else /var/lib/ckptd/index)")
     ("listen", po::value<std::string>()->value_name("HOST:PORT")->default_value("127.0.0.1:8321"),
      "address to serve HTTP on; port 0 picks a free port")
     ("max-depth", po::value<int>()->value_name("N")->default_value(4),
@@ -175,10 +175,13 @@ std::chrono::milliseconds seconds_option(double seconds) {
 std::string default_db() {
   // systemd's StateDirectory= may list several folders, separated by ':'.
   if (const char* state = std::getenv("STATE_DIRECTORY"); state != nullptr && *state != '\0') {
+    // A folder inside the state directory, not the directory itself:
+    // --rebuild-index renames the index, and under the unit only the state
+    // directory's inside is writable.
     std::string first(state);
-    return first.substr(0, first.find(':'));
+    return first.substr(0, first.find(':')) + "/index";
   }
-  return "/var/lib/ckptd";
+  return "/var/lib/ckptd/index";
 }
 
 // Checks values that program_options cannot; names the option at fault.

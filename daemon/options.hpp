@@ -26,8 +26,8 @@ struct settings {
   watcher::watch_mode watch_mode = watcher::watch_mode::automatic;
   // Seconds between walks of a polled folder. Default: 10 s.
   std::chrono::milliseconds poll_interval{10000};
-  // Where the RocksDB index lives. Default: $STATE_DIRECTORY (set by systemd's
-  // StateDirectory=), else /var/lib/ckptd.
+  // Where the RocksDB index lives. Default: $STATE_DIRECTORY/index (systemd's
+  // StateDirectory=), else /var/lib/ckptd/index.
   std::string db;
   // Address to serve HTTP on. Default: 127.0.0.1:8321.
   std::string listen_host = "127.0.0.1";
