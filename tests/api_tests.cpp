@@ -20,8 +20,8 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http/error.hpp>
 #include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
@@ -45,12 +45,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <map>
-#include <random>
-#include <set>
 #include <limits>
+#include <map>
 #include <optional>
+#include <random>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -310,7 +310,6 @@ void check_error_body(const http::response<http::string_body>& res, unsigned sta
   BOOST_TEST(!body.at("detail").as_string().empty());
 }
 
-
 // ---- helpers for the newer routes -----------------------------------------
 
 api::response call(const api::catalog& jobs, api::request req,
@@ -366,9 +365,9 @@ std::string exposition_problem(const std::string& text) {
   static const std::regex help_re(R"(# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*))");
   static const std::regex type_re(
       R"(# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped))");
-  static const std::regex sample_re(
-      R"(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? ([^ ]+)( -?[0-9]+)?)");
-  static const std::regex label_re(R"re(([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$))re");
+  static const std::regex sample_re(R"(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? ([^ ]+)( -?[0-9]+)?)");
+  static const std::regex label_re(
+      R"re(([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$))re");
   if (text.empty() || text.back() != '\n') return "does not end with a newline";
   std::map<std::string, std::string> types;
   std::set<std::string> sampled_families;
@@ -380,7 +379,8 @@ std::string exposition_problem(const std::string& text) {
   auto family_of = [&](const std::string& name) {
     for (const char* suffix : {"_bucket", "_sum", "_count"}) {
       const std::string sfx = suffix;
-      if (name.size() > sfx.size() && name.compare(name.size() - sfx.size(), sfx.size(), sfx) == 0) {
+      if (name.size() > sfx.size() &&
+          name.compare(name.size() - sfx.size(), sfx.size(), sfx) == 0) {
         const std::string base = name.substr(0, name.size() - sfx.size());
         if (types.count(base) && types[base] == "histogram") return base;
       }
@@ -592,7 +592,8 @@ struct temp_dir {
 store::event make_event(std::uint64_t seq, std::string job, std::string type = "job.status") {
   store::event e;
   e.seq = seq;
-  e.data = R"({"job_uuid":")" + job + R"(","status":"in_progress","n":)" + std::to_string(seq) + "}";
+  e.data =
+      R"({"job_uuid":")" + job + R"(","status":"in_progress","n":)" + std::to_string(seq) + "}";
   e.job_uuid = std::move(job);
   e.type = std::move(type);
   e.at_ns = 1795946918123456789;
@@ -1325,8 +1326,8 @@ BOOST_AUTO_TEST_CASE(status_body_shape) {
   BOOST_TEST(bodies.status ==
              R"({"job_uuid":"j","status":"completed","started_at":"2026-11-29T10:08:38.000000Z",)"
              R"("completed_at":"2026-11-29T10:08:38.123456Z","checkpoints":[)" +
-                 ckptd::json_text::checkpoint(b, "j") + "," +
-                 ckptd::json_text::checkpoint(a, "j") + "]}");
+                 ckptd::json_text::checkpoint(b, "j") + "," + ckptd::json_text::checkpoint(a, "j") +
+                 "]}");
   check_spec_schema("PostTrainingJobStatusResponse", bodies.status);
   check_spec_schema("PostTrainingJobArtifactsResponse", bodies.artifacts);
 
@@ -1432,7 +1433,8 @@ BOOST_AUTO_TEST_CASE(router_not_running_routes) {
     req.body = R"({"job_uuid":)";
     res = call(jobs, req);
     BOOST_TEST(res.status == 400u);
-    BOOST_TEST(body_json(res).at("detail").as_string().find("not valid JSON") != json::string::npos);
+    BOOST_TEST(body_json(res).at("detail").as_string().find("not valid JSON") !=
+               json::string::npos);
     req.body = "[1,2]";
     res = call(jobs, req);
     BOOST_TEST(res.status == 400u);
@@ -1603,9 +1605,9 @@ BOOST_AUTO_TEST_CASE(router_events_and_misc_routes) {
     BOOST_TEST(parsed.at("paths").as_object().contains(path), path);
   }
   // The llama-stack schemas are served exactly as the spec has them.
-  for (const char* name : {"Checkpoint", "PostTrainingMetric", "PostTrainingJobStatusResponse",
-                           "PostTrainingJobArtifactsResponse", "ListPostTrainingJobsResponse",
-                           "Error"}) {
+  for (const char* name :
+       {"Checkpoint", "PostTrainingMetric", "PostTrainingJobStatusResponse",
+        "PostTrainingJobArtifactsResponse", "ListPostTrainingJobsResponse", "Error"}) {
     BOOST_TEST(parsed.at("components").at("schemas").at(name) == spec_schema(name), name);
   }
   BOOST_TEST((api::route_of("/metrics?x") == api::route_id::metrics));
@@ -1646,12 +1648,14 @@ BOOST_AUTO_TEST_CASE(exposition_checker_catches_mistakes) {
   BOOST_TEST(!exposition_problem("# TYPE a counter\na one\n").empty());
   BOOST_TEST(!exposition_problem("# TYPE a counter\na{x=\"1} 1\n").empty());
   BOOST_TEST(!exposition_problem("# TYPE a counter\na 1").empty());
-  BOOST_TEST(!exposition_problem("# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\n"
-                                 "h_sum 1\nh_count 1\n")
-                  .empty());
-  BOOST_TEST(exposition_problem("# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\n"
-                                "h_sum 1\nh_count 2\n")
-                 .empty());
+  BOOST_TEST(
+      !exposition_problem("# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\n"
+                          "h_sum 1\nh_count 1\n")
+           .empty());
+  BOOST_TEST(
+      exposition_problem("# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\n"
+                         "h_sum 1\nh_count 2\n")
+          .empty());
 }
 
 BOOST_AUTO_TEST_CASE(metrics_registry_renders_valid_text) {
@@ -1693,9 +1697,9 @@ BOOST_AUTO_TEST_CASE(server_serves_status_and_etags, *boost::unit_test::timeout(
   check_spec_schema("PostTrainingJobStatusResponse", res.body());
   BOOST_TEST(json::parse(res.body()).at("status").as_string() == "in_progress");
   BOOST_TEST(header(res, "Cache-Control") == "no-cache");
-  for (const char* target : {"/v1/post-training/job/status?job_uuid=job-1",
-                             "/v1/post-training/job/artifacts?job_uuid=job-1",
-                             "/v1/post-training/jobs"}) {
+  for (const char* target :
+       {"/v1/post-training/job/status?job_uuid=job-1",
+        "/v1/post-training/job/artifacts?job_uuid=job-1", "/v1/post-training/jobs"}) {
     auto first = c.get(target);
     const std::string etag = header(first, "ETag");
     BOOST_TEST(etag != "<absent>", target);
@@ -1723,7 +1727,8 @@ BOOST_AUTO_TEST_CASE(server_not_running_routes_read_the_body, *boost::unit_test:
   BOOST_TEST(header(wrong, "Allow") == "POST");
   // The connection is still in step: bodies were read whole.
   BOOST_TEST(c.get("/healthz").result_int() == 200);
-  auto big = post("/v1/post-training/job/cancel", "{\"job_uuid\":\"" + std::string(100, 'x') + "\"}");
+  auto big =
+      post("/v1/post-training/job/cancel", "{\"job_uuid\":\"" + std::string(100, 'x') + "\"}");
   check_error_body(big, 413);
   BOOST_TEST(c.closed_by_server());
 }
@@ -1773,9 +1778,9 @@ BOOST_AUTO_TEST_CASE(server_long_poll_wakes_on_publish, *boost::unit_test::timeo
            "\r\nPrefer: wait=50\r\n\r\n");
     BOOST_TEST(eventually([&] { return ckptd::metrics::long_poll_waiters.value() > held_before; }));
     static int step = 2;
-    s.srv.publish("job-1", {make_checkpoint("/r/job-1/checkpoint-1", 0, 1, 1),
-                            make_checkpoint("/r/job-1/checkpoint-" + std::to_string(step), 0,
-                                            step, step)});
+    s.srv.publish("job-1",
+                  {make_checkpoint("/r/job-1/checkpoint-1", 0, 1, 1),
+                   make_checkpoint("/r/job-1/checkpoint-" + std::to_string(step), 0, step, step)});
     ++step;
     auto woken = c.read();
     BOOST_TEST(woken.result_int() == 200, target);
@@ -1785,8 +1790,8 @@ BOOST_AUTO_TEST_CASE(server_long_poll_wakes_on_publish, *boost::unit_test::timeo
   }
   // The job list wakes when a job appears.
   auto list = c.get("/v1/post-training/jobs");
-  c.send("GET /v1/post-training/jobs HTTP/1.1\r\nHost: x\r\nIf-None-Match: " + header(list, "ETag") +
-         "\r\nPrefer: wait=50\r\n\r\n");
+  c.send("GET /v1/post-training/jobs HTTP/1.1\r\nHost: x\r\nIf-None-Match: " +
+         header(list, "ETag") + "\r\nPrefer: wait=50\r\n\r\n");
   BOOST_TEST(eventually([&] { return ckptd::metrics::long_poll_waiters.value() > 0; }));
   s.srv.publish("job-2", {});
   auto grown = c.read();
@@ -1836,9 +1841,9 @@ BOOST_AUTO_TEST_CASE(server_bounds_long_poll_waiters, *boost::unit_test::timeout
   check_error_body(busy, 503);
   BOOST_TEST(header(busy, "Retry-After") == "1");
   // Without Prefer the same request is answered at once.
-  BOOST_TEST(second.get("/v1/post-training/jobs", "If-None-Match: " + header(plain, "ETag") +
-                                                      "\r\n")
-                 .result_int() == 304);
+  BOOST_TEST(
+      second.get("/v1/post-training/jobs", "If-None-Match: " + header(plain, "ETag") + "\r\n")
+          .result_int() == 304);
   s.srv.publish("job-2", {});
   BOOST_TEST(first.read().result_int() == 200);
 }
@@ -1912,8 +1917,7 @@ BOOST_AUTO_TEST_CASE(server_resets_when_history_is_gone, *boost::unit_test::time
   BOOST_TEST(c.events().back().id == "11");
 }
 
-BOOST_AUTO_TEST_CASE(server_replays_missed_events_from_the_store,
-                     *boost::unit_test::timeout(120)) {
+BOOST_AUTO_TEST_CASE(server_replays_missed_events_from_the_store, *boost::unit_test::timeout(120)) {
   temp_dir dir;
   auto opened = store::index::open(dir.path / "index");
   BOOST_REQUIRE(opened.has_value());
@@ -1940,7 +1944,8 @@ BOOST_AUTO_TEST_CASE(server_replays_missed_events_from_the_store,
     running_server s(opts);
     // Only the newest reach the new server's ring; the rest must come from the store.
     s.srv.publish_events({other.back()});
-    sse_client c(s.srv.port(), "/v1/ckptd/events", "Last-Event-ID: " + std::to_string(seen) + "\r\n");
+    sse_client c(s.srv.port(), "/v1/ckptd/events",
+                 "Last-Event-ID: " + std::to_string(seen) + "\r\n");
     c.until([&] { return c.events().size() >= 1503; });
     BOOST_TEST(c.event_ids() == seq_range(seen + 1, other.back().seq),
                boost::test_tools::per_element());
@@ -1953,7 +1958,8 @@ BOOST_AUTO_TEST_CASE(server_replays_missed_events_from_the_store,
                boost::test_tools::per_element());
 
     // A filtered stream replays only its job's events.
-    sse_client j2(s.srv.port(), "/v1/ckptd/events?job_uuid=job-2&last_event_id=" + std::to_string(seen));
+    sse_client j2(s.srv.port(),
+                  "/v1/ckptd/events?job_uuid=job-2&last_event_id=" + std::to_string(seen));
     j2.until([&] { return j2.events().size() >= 5; });
     for (const auto& f : j2.events()) BOOST_TEST(f.data.find("job-2") != std::string::npos);
     BOOST_TEST(j2.events().size() == 5u);
@@ -2003,7 +2009,8 @@ BOOST_AUTO_TEST_CASE(server_disconnects_slow_subscribers, *boost::unit_test::tim
   BOOST_TEST(eventually([&] { return ckptd::metrics::event_subscribers.value() == 0; }));
   // It reconnects with its last id and misses nothing.
   const std::uint64_t last = got.empty() ? 0 : got.back();
-  sse_client again(s.srv.port(), "/v1/ckptd/events", "Last-Event-ID: " + std::to_string(last) + "\r\n");
+  sse_client again(s.srv.port(), "/v1/ckptd/events",
+                   "Last-Event-ID: " + std::to_string(last) + "\r\n");
   again.until([&] { return again.events().size() >= seq - last; });
   BOOST_TEST(again.event_ids() == seq_range(last + 1, seq), boost::test_tools::per_element());
 }
@@ -2136,7 +2143,8 @@ BOOST_AUTO_TEST_CASE(server_answers_408_to_a_stalled_request, *boost::unit_test:
   }
   {
     client c(s.srv.port());
-    c.send("POST /v1/post-training/job/cancel HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{\"");
+    c.send(
+        "POST /v1/post-training/job/cancel HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{\"");
     check_error_body(c.read(), 408);
     BOOST_TEST(c.closed_by_server());
   }
@@ -2213,9 +2221,9 @@ BOOST_AUTO_TEST_CASE(server_adopts_inherited_sockets, *boost::unit_test::timeout
   sockaddr_in6 address6{};
   address6.sin6_family = AF_INET6;
   address6.sin6_addr = in6addr_loopback;
-  const bool have_v6 =
-      fd6 >= 0 && ::bind(fd6, reinterpret_cast<sockaddr*>(&address6), sizeof address6) == 0 &&
-      ::listen(fd6, 16) == 0;
+  const bool have_v6 = fd6 >= 0 &&
+                       ::bind(fd6, reinterpret_cast<sockaddr*>(&address6), sizeof address6) == 0 &&
+                       ::listen(fd6, 16) == 0;
   if (have_v6) {
     fds.push_back(fd6);
   } else if (fd6 >= 0) {
@@ -2239,9 +2247,9 @@ BOOST_AUTO_TEST_CASE(server_adopts_inherited_sockets, *boost::unit_test::timeout
   logged.resize(std::fread(logged.data(), 1, logged.size(), capture));
   std::fclose(capture);
   BOOST_TEST(srv.port() == port);
-  BOOST_TEST(logged.find("listening on 127.0.0.1:" + std::to_string(port) + "\n") !=
-                 std::string::npos,
-             logged);
+  BOOST_TEST(
+      logged.find("listening on 127.0.0.1:" + std::to_string(port) + "\n") != std::string::npos,
+      logged);
   std::thread thread([&] { ctx.run(); });
   {
     client c(port);

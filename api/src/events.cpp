@@ -16,7 +16,8 @@ void append_data_lines(std::string& out, std::string_view text) {
     out += text.substr(0, end);
     out += '\n';
     if (end == std::string_view::npos) break;
-    const std::size_t skip = (text[end] == '\r' && end + 1 < text.size() && text[end + 1] == '\n') ? 2 : 1;
+    const std::size_t skip =
+        (text[end] == '\r' && end + 1 < text.size() && text[end + 1] == '\n') ? 2 : 1;
     text.remove_prefix(end + skip);
   }
 }

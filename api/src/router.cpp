@@ -29,8 +29,8 @@ constexpr std::array<route_entry, 11> routes{{
     {"/v1/post-training/job/cancel", route_id::cancel, "cancel", "POST, OPTIONS"},
     {"/v1/post-training/supervised-fine-tune", route_id::supervised_fine_tune,
      "supervised_fine_tune", "POST, OPTIONS"},
-    {"/v1/post-training/preference-optimize", route_id::preference_optimize,
-     "preference_optimize", "POST, OPTIONS"},
+    {"/v1/post-training/preference-optimize", route_id::preference_optimize, "preference_optimize",
+     "POST, OPTIONS"},
     {"/v1/ckptd/events", route_id::events, "events", "GET, OPTIONS"},
     {"/healthz", route_id::healthz, "healthz", "GET, HEAD, OPTIONS"},
     {"/readyz", route_id::readyz, "readyz", "GET, HEAD, OPTIONS"},
@@ -126,8 +126,8 @@ std::string_view trim(std::string_view s) {
 char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
 bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() &&
-         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) { return lower(x) == lower(y); });
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(),
+                                            [](char x, char y) { return lower(x) == lower(y); });
 }
 
 // Calls f(element) for each element of a comma-separated header list.
@@ -395,8 +395,7 @@ bool accepts_gzip(std::string_view accept_encoding) {
   for_each_element(accept_encoding, [&](std::string_view element) {
     const std::size_t semi = element.find(';');
     const std::string_view coding = trim(element.substr(0, semi));
-    const double q =
-        semi == std::string_view::npos ? 1.0 : q_value(element.substr(semi + 1));
+    const double q = semi == std::string_view::npos ? 1.0 : q_value(element.substr(semi + 1));
     if (iequals(coding, "gzip") || iequals(coding, "x-gzip")) {
       gzip = std::max(gzip.value_or(0), q);
     } else if (coding == "*") {
@@ -489,8 +488,8 @@ response handle(const request& req, const catalog& jobs, bool ready, const optio
   if (!opts.auth_tokens.empty() && !is_probe(id) &&
       !bearer_token_valid(req.authorization, opts.auth_tokens)) {
     const bool none = trim(req.authorization).empty();
-    response res = error_response(401, none ? "This server requires a bearer token."
-                                            : "The bearer token is not valid.");
+    response res = error_response(
+        401, none ? "This server requires a bearer token." : "The bearer token is not valid.");
     res.www_authenticate =
         none ? R"(Bearer realm="ckptd")" : R"(Bearer realm="ckptd", error="invalid_token")";
     res.route = id;

@@ -193,8 +193,7 @@ std::string_view header_value(const http::request<http::string_body>& req, http:
   return it == req.end() ? std::string_view() : std::string_view(it->value());
 }
 
-std::string_view header_value(const http::request<http::string_body>& req,
-                              std::string_view name) {
+std::string_view header_value(const http::request<http::string_body>& req, std::string_view name) {
   const auto it = req.find(name);
   return it == req.end() ? std::string_view() : std::string_view(it->value());
 }
@@ -250,6 +249,11 @@ class server::impl : public std::enable_shared_from_this<impl> {
   void start();
   void stop();
   void reconfigure(const options& opts);
+  // Waits for a store read in progress to finish and runs no more; its
+  // completion is then queued on the io_context (while that still exists).
+  void join_pool() {
+    if (pool_) pool_->join();
+  }
   void put(const std::string& job_uuid, std::shared_ptr<const cached_body> artifacts,
            std::shared_ptr<const cached_body> status);
   void erase(const std::string& job_uuid);
@@ -294,8 +298,8 @@ class server::impl : public std::enable_shared_from_this<impl> {
   struct subscriber {
     explicit subscriber(net::any_io_executor ex) : wake(std::move(ex)) {}
     connection* conn = nullptr;
-    std::string job;          // only this job's events; empty: all
-    std::string queue;        // frames not yet handed to the socket
+    std::string job;            // only this job's events; empty: all
+    std::string queue;          // frames not yet handed to the socket
     std::size_t in_flight = 0;  // bytes being written
     std::uint64_t cursor = 0;   // newest seq already considered
     bool live = false;          // past its replay: deliver() feeds it
@@ -803,7 +807,8 @@ net::awaitable<void> server::impl::stream_events(std::shared_ptr<impl> self,
   http::response_serializer<http::empty_body> serializer(msg);
   conn->writing = true;
   conn->stream.expires_after(opts.write_timeout);
-  auto [header_ec, header_n] = co_await http::async_write_header(conn->stream, serializer, use_tuple);
+  auto [header_ec, header_n] =
+      co_await http::async_write_header(conn->stream, serializer, use_tuple);
   conn->writing = false;
 
   bool ok = !header_ec;
@@ -853,9 +858,8 @@ net::awaitable<bool> server::impl::replay(subscriber& sub,
     std::uint64_t newest = ring_.last_seq();
     if (log != nullptr) {
       // After a restart the ring is empty until the next event: ask the store.
-      const replay_page page =
-          co_await net::co_spawn(pool_->get_executor(), read_replay_page(log, 0, false),
-                                 net::use_awaitable);
+      const replay_page page = co_await net::co_spawn(
+          pool_->get_executor(), read_replay_page(log, 0, false), net::use_awaitable);
       newest = std::max(page.last_seq, ring_.last_seq());
     }
     sub.cursor = newest;
@@ -889,9 +893,8 @@ net::awaitable<bool> server::impl::replay(subscriber& sub,
       // Only events published but never stored can leave such a gap.
       reset_reason = "the events after last_event_id were not found in the event log";
     } else {
-      const replay_page page =
-          co_await net::co_spawn(pool_->get_executor(), read_replay_page(log, after, true),
-                                 net::use_awaitable);
+      const replay_page page = co_await net::co_spawn(
+          pool_->get_executor(), read_replay_page(log, after, true), net::use_awaitable);
       if (stopping_) co_return false;
       newest = std::max(page.last_seq, ring_.last_seq());
       if (page.failed) {
@@ -1028,7 +1031,11 @@ server::server(boost::asio::io_context& ctx, options opts)
     : impl_(std::make_shared<impl>(ctx, std::move(opts))) {}
 
 server::~server() {
-  if (impl_) impl_->stop();
+  if (!impl_) return;
+  impl_->stop();
+  // The sessions may outlive this object until the io_context drops them,
+  // and the impl with them; the pool must not post to a dead io_context.
+  impl_->join_pool();
 }
 
 void server::start() { impl_->start(); }
@@ -1066,8 +1073,9 @@ void server::forget(const std::string& job_uuid) {
 
 void server::publish_events(std::vector<store::event> events) {
   if (events.empty()) return;
-  net::post(impl_->ctx_,
-            [self = impl_, events = std::move(events)]() mutable { self->deliver(std::move(events)); });
+  net::post(impl_->ctx_, [self = impl_, events = std::move(events)]() mutable {
+    self->deliver(std::move(events));
+  });
 }
 
 void server::set_ready(bool ready) { impl_->ready_.store(ready, std::memory_order_relaxed); }

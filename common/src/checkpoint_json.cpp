@@ -167,7 +167,8 @@ void append_number(std::string& out, double value) {
   // Shortest round-trip form: "%.17g" would print 0.1 as 0.10000000000000001.
   char text[32];
   const auto [end, ec] = std::to_chars(text, text + sizeof text, value);
-  const std::string_view printed(text, ec == std::errc() ? static_cast<std::size_t>(end - text) : 0);
+  const std::string_view printed(text,
+                                 ec == std::errc() ? static_cast<std::size_t>(end - text) : 0);
   out.append(printed);
   if (printed.find_first_of(".e") == std::string_view::npos) out += ".0";
 }

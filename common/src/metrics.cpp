@@ -129,8 +129,7 @@ void append_header(std::string& out, std::string_view name, std::string_view hel
   out += '\n';
 }
 
-void append_sample(std::string& out, std::string_view name, std::string_view labels,
-                   double value) {
+void append_sample(std::string& out, std::string_view name, std::string_view labels, double value) {
   out += name;
   if (!labels.empty()) {
     out += '{';

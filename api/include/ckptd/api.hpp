@@ -36,8 +36,9 @@ struct options {
   // client's default port). Port 0 picks a free port (see server::port()).
   std::string listen_host = "127.0.0.1";
   std::uint16_t listen_port = 8321;
-  // Sustained requests per second per client address. 0 disables limiting.
-  // Default: 20.
+  // Sustained requests per second per client address (an IPv6 /64 counts as
+  // one address). 0 disables limiting. /healthz and /readyz are never
+  // limited, so probes never see 429. Default: 20.
   double rate_limit = 20;
   // Requests a client may send at once before the rate applies. Default: 40.
   double rate_burst = 40;
@@ -50,7 +51,10 @@ struct options {
   std::size_t max_header_bytes = 16 * 1024;
   // Largest request body accepted (413 beyond). Default: 64 KiB.
   std::size_t max_body_bytes = 64 * 1024;
-  // Time allowed to receive one whole request. Default: 10 s.
+  // Time allowed to receive one whole request, from its first byte; a request
+  // still incomplete then gets 408 and the connection is closed (a new
+  // connection that sends nothing in this time is closed silently).
+  // Default: 10 s.
   std::chrono::milliseconds read_timeout{10000};
   // Time an idle keep-alive connection is kept open. Default: 60 s.
   std::chrono::milliseconds idle_timeout{60000};
@@ -69,7 +73,9 @@ struct options {
   std::vector<std::string> cors_origins;
 
   // Requests held at once by "Prefer: wait=N" long-polls; beyond it such a
-  // request gets 503 with Retry-After at once. Default: 1024.
+  // request gets 503 with Retry-After: 1 at once (a 304 would invite an
+  // immediate re-poll). A held request whose client has gone away keeps its
+  // place until its wait ends. Default: 1024.
   std::size_t max_waiters = 1024;
   // Longest wait a "Prefer: wait=N" long-poll gets (larger N are cut to it).
   // Default: 300 s.

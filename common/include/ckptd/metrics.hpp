@@ -75,9 +75,10 @@ class histogram {
   // static storage; the +Inf bucket is implied.
   constexpr histogram(std::string_view name, std::string_view help,
                       std::span<const double> upper_bounds) noexcept
-      : name_(name), help_(help), bounds_(upper_bounds.first(
-                                      upper_bounds.size() < max_buckets ? upper_bounds.size()
-                                                                        : max_buckets)) {}
+      : name_(name),
+        help_(help),
+        bounds_(upper_bounds.first(upper_bounds.size() < max_buckets ? upper_bounds.size()
+                                                                     : max_buckets)) {}
   histogram(const histogram&) = delete;
   histogram& operator=(const histogram&) = delete;
 
@@ -148,8 +149,7 @@ void append_header(std::string& out, std::string_view name, std::string_view hel
                    std::string_view type);
 // Appends one sample line; `labels` is either empty or already rendered as
 // `name="value",...` (see append_label).
-void append_sample(std::string& out, std::string_view name, std::string_view labels,
-                   double value);
+void append_sample(std::string& out, std::string_view name, std::string_view labels, double value);
 // Appends `name="value"` (with a leading comma when `labels` is not empty),
 // escaping the value.
 void append_label(std::string& labels, std::string_view name, std::string_view value);
