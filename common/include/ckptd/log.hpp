@@ -2,7 +2,8 @@
 // ckptd::log — one line per event on stderr.
 //
 // Lines carry a syslog priority prefix ("<4>") when stderr is connected to the
-// journal (JOURNAL_STREAM names it), so journald files them at the right level;
+// journal (JOURNAL_STREAM names its device and inode), so journald files them
+// at the right level;
 // otherwise they are plain text with a level word. Thread-safe: each line goes
 // out in a single write(2), so lines from different threads never interleave.
 //
@@ -23,7 +24,13 @@ void set_threshold(level l);
 // Parses "error", "warning", "notice", "info", "debug". Returns false otherwise.
 [[nodiscard]] bool parse_level(std::string_view text, level& out);
 
+// Writes one line. Errors and warnings repeating the same text within a
+// minute are held back and counted, so one bad folder cannot flood the log.
 void write(level l, std::string_view message);
+
+// Checks again whether stderr is the journal (JOURNAL_STREAM matches its
+// device and inode). Done once at start; for tests that redirect stderr.
+void detect_journal();
 
 template <typename... Args>
 void line(level l, const Args&... args) {
