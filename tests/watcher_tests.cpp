@@ -18,6 +18,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <thread>
 
 namespace tt = boost::test_tools;
 namespace fs = std::filesystem;
@@ -86,6 +87,34 @@ class memory_view final : public w::candidate_view {
   bool sibling_exists(std::string_view name) const override {
     return siblings_.contains(std::string(name));
   }
+  memory_view& remove_sibling(const std::string& name) {
+    siblings_.erase(name);
+    return *this;
+  }
+  // Files further away: below the parent (up 0) or the grandparent (up 1).
+  memory_view& add_beside(int up, const std::string& rel, std::string bytes,
+                          std::int64_t mtime_ns = 1'000) {
+    beside_[{up, rel}] = {std::move(bytes), mtime_ns};
+    return *this;
+  }
+  std::optional<std::string> read_beside(int up, std::string_view rel, std::uint64_t offset,
+                                         std::uint64_t length) const override {
+    const auto it = beside_.find({up, std::string(rel)});
+    if (it == beside_.end()) return std::nullopt;
+    if (offset >= it->second.first.size()) return std::string();
+    return it->second.first.substr(offset, length);
+  }
+  std::vector<w::file_info> list_beside(int up, std::string_view rel) const override {
+    const std::string prefix = rel.empty() ? std::string() : std::string(rel) + "/";
+    std::vector<w::file_info> out;
+    for (const auto& [key, value] : beside_) {
+      if (key.first != up || !key.second.starts_with(prefix)) continue;
+      const auto name = key.second.substr(prefix.size());
+      if (name.find('/') != std::string::npos) continue;
+      out.push_back(w::file_info{name, false, value.first.size(), value.second});
+    }
+    return out;
+  }
 
  private:
   void sort() {
@@ -97,12 +126,25 @@ class memory_view final : public w::candidate_view {
   std::vector<w::file_info> files_;
   std::map<std::string, std::string> contents_;
   std::map<std::string, std::string> siblings_;
+  std::map<std::pair<int, std::string>, std::pair<std::string, std::int64_t>> beside_;
   mutable std::uint64_t bytes_read_ = 0;
 };
 
 const w::layout& hf() { return w::hf_trainer_layout(); }
 const w::layout& torchtune() { return w::llama_stack_torchtune_layout(); }
 const w::layout& manifest() { return w::manifest_layout(); }
+const w::layout& tt_epoch() { return w::torchtune_epoch_layout(); }
+const w::layout& lightning() { return w::lightning_layout(); }
+const w::layout& deepspeed() { return w::deepspeed_layout(); }
+const w::layout& megatron() { return w::megatron_layout(); }
+const w::layout& dcp() { return w::dcp_layout(); }
+const w::layout& orbax() { return w::orbax_layout(); }
+const w::layout& nemo() { return w::nemo_layout(); }
+
+int verdict(const w::recognition& r) { return static_cast<int>(r.verdict); }
+constexpr int incomplete = static_cast<int>(w::state::incomplete);
+constexpr int settling = static_cast<int>(w::state::settling);
+constexpr int complete = static_cast<int>(w::state::complete);
 
 // A minimal trainer_state.json with the given top-level epoch and history.
 std::string trainer_state(std::int64_t global_step, const boost::json::value& epoch,
@@ -163,19 +205,20 @@ BOOST_AUTO_TEST_CASE(staging_names) {
         "1000.orbax-checkpoint-tmp-1718000000", "state.orbax-checkpoint-tmp-3", ".metadata.tmp",
         ".nfs000000000123abcd00000001", "megatron_gpt--val_loss=1.98-epoch=1-unfinished",
         ".model.safetensors.Xy12Ab", ".git", ".ipynb_checkpoints", "ckptd-checkpoint.json.tmp",
-        "model.safetensors.partial", "blob.incomplete"}) {
+        "model.safetensors.partial", "blob.incomplete", "megatron_gpt-v1.nemo", "x-v12.nemo"}) {
     BOOST_TEST(w::is_staging_name(name), "should be staging: \"" << name << "\"");
   }
   for (const std::string_view name :
        {"checkpoint-400", "Llama3.2-3B-Instruct-sft-0", ".metadata", "1000", "epoch_0",
-        "trainer_state.json", "tmp", "checkpoint-tmp", "unfinished", "my.tmpl"}) {
+        "trainer_state.json", "tmp", "checkpoint-tmp", "unfinished", "my.tmpl", "megatron_gpt.nemo",
+        "x-v.nemo", "x-v1a.nemo", "-v1.nemo", "epoch=1-step=5-v1.ckpt"}) {
     BOOST_TEST(!w::is_staging_name(name), "should not be staging: \"" << name << "\"");
   }
 }
 
 BOOST_AUTO_TEST_CASE(all_layouts_are_distinct) {
   const auto& layouts = w::all_layouts();
-  BOOST_TEST(layouts.size() == 3u);
+  BOOST_TEST(layouts.size() == 10u);
   for (std::size_t i = 0; i < layouts.size(); ++i) {
     for (std::size_t j = i + 1; j < layouts.size(); ++j) {
       BOOST_TEST(layouts[i]->specificity() != layouts[j]->specificity());
@@ -185,6 +228,15 @@ BOOST_AUTO_TEST_CASE(all_layouts_are_distinct) {
   BOOST_TEST(manifest().marker_file() == w::manifest_file);
   BOOST_TEST(hf().marker_file().empty());
   BOOST_TEST(torchtune().marker_file().empty());
+  BOOST_TEST(orbax().marker_file() == w::orbax_metadata_file);
+  for (const auto* l : layouts) {
+    if (l != &manifest() && l != &orbax()) BOOST_TEST(l->marker_file().empty(), l->name());
+  }
+  // Listed in decreasing specificity; Orbax, the most generic, last.
+  for (std::size_t i = 1; i < layouts.size(); ++i) {
+    BOOST_TEST(layouts[i - 1]->specificity() > layouts[i]->specificity());
+  }
+  BOOST_TEST(layouts.back() == &orbax());
 }
 
 BOOST_AUTO_TEST_CASE(choose_layout_by_name) {
@@ -195,27 +247,11 @@ BOOST_AUTO_TEST_CASE(choose_layout_by_name) {
   BOOST_TEST(w::choose_layout("Llama3.2-3B-Instruct-sft-0", true, none) == &torchtune());
   BOOST_TEST(w::choose_layout("Llama-3.1-8B-Instruct-dpo-12", true, none) == &torchtune());
   BOOST_TEST(w::choose_layout("my-model-sft-sft-3", true, none) == &torchtune());
-  for (const std::string_view name : {"checkpoint-",
-                                      "checkpoint-0400",
-                                      "checkpoint--1",
-                                      "checkpoint-+1",
-                                      "checkpoint-1a",
-                                      "checkpoint-1.5",
-                                      "checkpoint-1000000000000000000",
-                                      "Checkpoint-400",
-                                      "checkpoint_400",
-                                      "xcheckpoint-400",
-                                      "tmp-checkpoint-400",
-                                      "-sft-0",
-                                      "sft-0",
-                                      "model-sft-",
-                                      "model-sft-01",
-                                      "model-ppo-1",
-                                      "model-sft-0x",
-                                      "model-sft-1234567890",
-                                      "epoch_0",
-                                      "merged_model",
-                                      "1000"}) {
+  for (const std::string_view name :
+       {"checkpoint-", "checkpoint-0400", "checkpoint--1", "checkpoint-+1", "checkpoint-1a",
+        "checkpoint-1.5", "checkpoint-1000000000000000000", "Checkpoint-400", "xcheckpoint-400",
+        "tmp-checkpoint-400", "-sft-0", "sft-0", "model-sft-", "model-sft-01", "model-ppo-1",
+        "model-sft-0x", "model-sft-1234567890", "merged_model"}) {
     BOOST_TEST(w::choose_layout(name, true, none) == nullptr, "claimed: \"" << name << "\"");
   }
   // Files are never these layouts' candidates.
@@ -1034,6 +1070,1094 @@ BOOST_AUTO_TEST_CASE(fixture_bytes_are_valid) {
   BOOST_TEST(st.size() == 8 + n + 16);
   const auto header = boost::json::parse(st.substr(8, n));
   BOOST_TEST(header.at("model.layers.0.weight").at("data_offsets").at(1).to_number<int>() == 16);
+}
+
+// ---------------------------------------------------------------------------
+// Layouts beyond HF, llama-stack torchtune and the manifest: names and choice
+
+BOOST_AUTO_TEST_CASE(choose_layout_trainer_names) {
+  const std::vector<std::string> none;
+  const std::vector<std::pair<std::string, const w::layout*>> dirs = {
+      {"epoch_0", &tt_epoch()},
+      {"epoch_12", &tt_epoch()},
+      {"step_1000", &tt_epoch()},
+      {"global_step1200", &deepspeed()},
+      {"global_step0", &deepspeed()},
+      {"iter_0001500", &megatron()},
+      {"iter_0000000", &megatron()},
+      {"iter_12345678", &megatron()},
+      {"release", &megatron()},
+      {"step-500", &dcp()},
+      {"step-0", &dcp()},
+      {"1000", &orbax()},
+      {"0001000", &orbax()},
+      {"0", &orbax()},
+      {"ckpt_5", &orbax()},
+      {"iter_123", &orbax()},  // too few digits for Megatron
+      {"iter_00015", &orbax()},
+      {"iter_012345678", &orbax()},  // 8 digits: Megatron pads to 7 only
+      {"checkpoint_400", &orbax()},
+      {"checkpoint_0000400", &orbax()},
+      {"epoch_01", &orbax()},  // torchtune never pads
+      {"step_007", &orbax()},
+      {"epoch=4-step=1250.ckpt", &lightning()},  // DeepSpeed/FSDP strategy folders
+      {"x--val_loss=0.41-epoch=3.ckpt", &lightning()},
+      {"megatron_gpt--val_loss=2.1034-epoch=0-consumed_samples=20480.0", &nemo()},
+      {"megatron_gpt--val_loss=2.1034-epoch=0-consumed_samples=20480.0-last", &nemo()},
+      {"m--val_loss=1.5-sft-3", &nemo()},  // NeMo's pattern beats llama-stack's
+  };
+  for (const auto& [name, expected] : dirs) {
+    const auto* got = w::choose_layout(name, true, none);
+    BOOST_TEST((got == expected), name << " -> " << (got ? got->name() : "nullptr"));
+  }
+  const std::vector<std::pair<std::string, const w::layout*>> files = {
+      {"epoch=4-step=1250.ckpt", &lightning()},
+      {"epoch=2-step=750-val_loss=0.41.ckpt", &lightning()},
+      {"epoch=4-step=1250-v1.ckpt", &lightning()},
+      {"last.ckpt", &lightning()},
+      {"anything.ckpt", &lightning()},
+      {"megatron_gpt--val_loss=0.4567-epoch=3.ckpt", &nemo()},
+      {"megatron_gpt--val_loss=0.4567-epoch=3-last.ckpt", &nemo()},
+      {"megatron_gpt.nemo", &nemo()},
+      {"x--nofield.ckpt", &lightning()},
+  };
+  for (const auto& [name, expected] : files) {
+    const auto* got = w::choose_layout(name, false, none);
+    BOOST_TEST((got == expected), name << " -> " << (got ? got->name() : "nullptr"));
+  }
+  for (const std::string& name : std::vector<std::string>{
+           "global_step", "global_step01", "global_step-1", "Global_step1", "iter_", "step-",
+           "step-01", "step-1a", "epoch_", "_100", "12a", "1e5", "-1", "1000000000000000000", "abc",
+           "checkpoints", "lightning_logs", "logs", "x--val_loss", "ckpt", "step_", "step_-1",
+           std::string("1\xff", 2), "\n",
+           // Other tools' "<word>_<N>" folders are not Orbax's by name: the
+           // engine would not look inside them any more.
+           "version_0", "run_3", "trial_7", "seed_42", "my_run_step_0042", "fold_1"}) {
+    BOOST_TEST(w::choose_layout(name, true, none) == nullptr, "claimed folder: " << name);
+  }
+  for (const std::string name :
+       {".ckpt", "epoch_0", "1000", "global_step5", "x.ckpt.tmp", "x.nemo.partial", "model-v3.nemo",
+        ".nemo", "metrics.csv", "latest", "x--val_loss=1-unfinished"}) {
+    BOOST_TEST(w::choose_layout(name, false, none) == nullptr, "claimed file: " << name);
+  }
+  // Orbax's marker beats the names it shares with others, the manifest beats Orbax.
+  const std::vector<std::string> orbax_children = {"_CHECKPOINT_METADATA", "default"};
+  BOOST_TEST(w::choose_layout("step_100", true, orbax_children) == &orbax());
+  BOOST_TEST(w::choose_layout("epoch_3", true, orbax_children) == &orbax());
+  BOOST_TEST(w::choose_layout("iter_0000100", true, orbax_children) == &orbax());
+  BOOST_TEST(w::choose_layout("1000", true, orbax_children) == &orbax());
+  BOOST_TEST(w::choose_layout("step_100", true,
+                              {"_CHECKPOINT_METADATA", "ckptd-checkpoint.json"}) == &manifest());
+  BOOST_TEST(w::choose_layout("step_100", true, {"_CHECKPOINT_METADATA.tmp"}) == &tt_epoch());
+  BOOST_TEST(w::choose_layout("1000.orbax-checkpoint-tmp", true, orbax_children) == nullptr);
+}
+
+BOOST_AUTO_TEST_CASE(sibling_markers) {
+  BOOST_TEST(deepspeed().watches_sibling("latest"));
+  BOOST_TEST(!deepspeed().watches_sibling("latest.tmp"));
+  BOOST_TEST(megatron().watches_sibling("latest_checkpointed_iteration.txt"));
+  BOOST_TEST(!megatron().watches_sibling("progress.txt"));
+  BOOST_TEST(nemo().watches_sibling("megatron_gpt--val_loss=2.1-epoch=0-unfinished"));
+  BOOST_TEST(!nemo().watches_sibling("-unfinished"));
+  BOOST_TEST(!lightning().watches_sibling("metrics.csv"));
+  BOOST_TEST(deepspeed().sibling_inputs("global_step5", true) == std::vector<std::string>{"latest"},
+             tt::per_element());
+  BOOST_TEST(nemo().sibling_inputs("m--val_loss=1.0-epoch=2-EMA.ckpt", false) ==
+                 std::vector<std::string>{"m--val_loss=1.0-epoch=2-unfinished"},
+             tt::per_element());
+  BOOST_TEST(nemo().sibling_inputs("m.nemo", false) == std::vector<std::string>{"m-unfinished"},
+             tt::per_element());
+  BOOST_TEST(hf().sibling_inputs("checkpoint-5", true).empty());
+}
+
+// ---------------------------------------------------------------------------
+// Shared helpers
+
+BOOST_AUTO_TEST_CASE(decimal_float_and_name_fields) {
+  BOOST_TEST(*w::parse_decimal("0", false) == 0);
+  BOOST_TEST(*w::parse_decimal("1200", false) == 1200);
+  BOOST_TEST(!w::parse_decimal("012", false).has_value());
+  BOOST_TEST(*w::parse_decimal("012", true) == 12);
+  for (const std::string_view bad :
+       {"", "+1", "-1", "1 ", " 1", "1.0", "0x10", "1000000000000000000"}) {
+    BOOST_TEST(!w::parse_decimal(bad, true).has_value(), bad);
+  }
+  BOOST_TEST(*w::parse_float("0.41") == 0.41);
+  BOOST_TEST(*w::parse_float("1e-05") == 1e-05);
+  BOOST_TEST(*w::parse_float("-2") == -2.0);
+  BOOST_TEST(std::isnan(*w::parse_float("nan")));
+  BOOST_TEST(std::isinf(*w::parse_float("inf")));
+  for (const std::string_view bad : {"", "0.41x", " 1", "tensor(1.0)", "1,5", "+1"}) {
+    BOOST_TEST(!w::parse_float(bad).has_value(), bad);
+  }
+  BOOST_TEST(w::trim_ascii(" \t global_step5\r\n") == "global_step5");
+  BOOST_TEST(w::trim_ascii(" \n ").empty());
+
+  const auto fields = [](std::string_view stem) {
+    std::vector<std::string> out;
+    for (const auto& f : w::name_fields(stem))
+      out.push_back(std::string(f.key) + "|" + std::string(f.value));
+    return out;
+  };
+  using v = std::vector<std::string>;
+  BOOST_TEST(fields("epoch=4-step=1250") == (v{"epoch|4", "step|1250"}), tt::per_element());
+  BOOST_TEST(
+      fields("epoch=2-step=750-val_loss=0.41") == (v{"epoch|2", "step|750", "val_loss|0.41"}),
+      tt::per_element());
+  BOOST_TEST(fields("lr=1e-05-epoch=3") == (v{"lr|1e-05", "epoch|3"}), tt::per_element());
+  BOOST_TEST(fields("val_loss=-0.5-epoch=1") == (v{"val_loss|-0.5", "epoch|1"}), tt::per_element());
+  BOOST_TEST(fields("megatron_gpt--val_loss=2.1034-epoch=0-consumed_samples=20480.0") ==
+                 (v{"val_loss|2.1034", "epoch|0", "consumed_samples|20480.0"}),
+             tt::per_element());
+  BOOST_TEST(fields("model-epoch=4") == (v{"epoch|4"}), tt::per_element());
+  BOOST_TEST(fields("last").empty());
+  BOOST_TEST(fields("=5-a==3-b=").size() ==
+             2u);  // "a" has value "=3"? no: a key ends at its first '='
+  BOOST_TEST(fields("").empty());
+  BOOST_TEST(fields("---").empty());
+
+  std::string note;
+  auto m = w::metrics_if_known(2, 1.5, 1.25, std::nullopt, note);
+  BOOST_TEST_REQUIRE(m.has_value());
+  BOOST_TEST(m->epoch == 2);
+  BOOST_TEST(m->perplexity == std::exp(1.25), tt::tolerance(1e-12));
+  m = w::metrics_if_known(2, 1.5, 1.25, 3.0, note);
+  BOOST_TEST(m->perplexity == 3.0);
+  BOOST_TEST(!w::metrics_if_known(0, std::nullopt, 1.0, std::nullopt, note).has_value());
+  BOOST_TEST(note.find("training") != std::string::npos);
+  BOOST_TEST(!w::metrics_if_known(0, 1.0, std::nullopt, std::nullopt, note).has_value());
+  BOOST_TEST(note.find("validation") != std::string::npos);
+  BOOST_TEST(
+      !w::metrics_if_known(0, 1.0, 1000.0, std::nullopt, note).has_value());  // exp overflows
+  BOOST_TEST(!w::metrics_if_known(0, std::nan(""), 1.0, std::nullopt, note).has_value());
+  BOOST_TEST((w::role_of_metric("val_loss") == w::metric_role::validation_loss));
+  BOOST_TEST((w::role_of_metric("val/loss") == w::metric_role::validation_loss));
+  BOOST_TEST((w::role_of_metric("eval_loss") == w::metric_role::validation_loss));
+  BOOST_TEST((w::role_of_metric("loss") == w::metric_role::train_loss));
+  BOOST_TEST((w::role_of_metric("train_loss") == w::metric_role::train_loss));
+  BOOST_TEST((w::role_of_metric("val_acc") == w::metric_role::none));
+}
+
+BOOST_AUTO_TEST_CASE(tar_end_blocks) {
+  const std::string good = t::tar_bytes({{"./model_config.yaml", "a: 1\n"},
+                                         {"./model_weights.ckpt", t::zip_bytes(600)},
+                                         {"./empty", ""}});
+  BOOST_TEST(good.size() % 10240 == 0u);
+  {
+    memory_view v("m.nemo", false);
+    v.add("", good);
+    const auto problem = w::tar_problem(v, v.files()[0]);
+    BOOST_TEST(problem.empty(), problem);
+    BOOST_TEST(v.bytes_read() <= 512u * 5);  // one block per member, plus the end blocks
+    BOOST_TEST(!w::is_gzip(v, v.files()[0]));
+  }
+  // Every cut before the end blocks is caught; padding after them is optional.
+  const std::size_t end_blocks_at =
+      512 + 512 + 512 + 2 * 512 + 512 * ((t::zip_bytes(600).size() + 511) / 512) - 512;
+  for (std::size_t cut = 0; cut < good.size(); cut += (cut < 5000 ? 1 : 97)) {
+    memory_view v("m.nemo", false);
+    v.add("", good.substr(0, cut));
+    const bool whole = cut >= end_blocks_at + 1024;
+    BOOST_TEST(w::tar_problem(v, v.files()[0]).empty() == whole, "cut at " << cut);
+  }
+  // A damaged header, garbage, zeros, a member claiming more than the file.
+  std::string damaged = good;
+  damaged[10] ^= 0x20;
+  for (const std::string& bad : {damaged, std::string(4096, 'x'), std::string(20480, '\0'),
+                                 std::string("\x1f\x8b\x08\x00", 4) + std::string(2000, 'z')}) {
+    memory_view v("m.nemo", false);
+    v.add("", bad);
+    BOOST_TEST(!w::tar_problem(v, v.files()[0]).empty());
+  }
+  std::string huge = good;
+  huge.replace(124, 11, "77777777777");  // size field, checksum no longer matches either
+  memory_view h("m.nemo", false);
+  h.add("", huge);
+  BOOST_TEST(!w::tar_problem(h, h.files()[0]).empty());
+  memory_view gz("m.nemo", false);
+  gz.add("", std::string("\x1f\x8b\x08\x00", 4) + std::string(100, 'z'));
+  BOOST_TEST(w::is_gzip(gz, gz.files()[0]));
+}
+
+// ---------------------------------------------------------------------------
+// DeepSpeed
+
+memory_view deepspeed_tag(std::int64_t step, const std::string& latest) {
+  memory_view v("global_step" + std::to_string(step));
+  v.add("mp_rank_00_model_states.pt", t::zip_bytes(100), 5'000);
+  v.add("zero_pp_rank_0_mp_rank_00_optim_states.pt", t::zip_bytes(50), 6'000);
+  v.add_sibling("latest", latest);
+  return v;
+}
+
+BOOST_AUTO_TEST_CASE(deepspeed_latest_decides) {
+  auto r = deepspeed().recognise(deepspeed_tag(1200, "global_step1200"));
+  BOOST_TEST_REQUIRE(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.step == 1200);
+  BOOST_TEST(r.epoch == 0);
+  BOOST_TEST(!r.metrics.has_value());
+  BOOST_TEST(r.completed_at_ns == 5'000);
+  BOOST_TEST(r.problem.empty());
+  const auto fingerprint = r.fingerprint;
+  // latest moved on to a newer tag: still complete, same fingerprint.
+  r = deepspeed().recognise(deepspeed_tag(1200, "global_step1600\n"));
+  BOOST_TEST(verdict(r) == complete);
+  BOOST_TEST(r.fingerprint == fingerprint);
+  // A late optimizer shard refreshes nothing.
+  auto late = deepspeed_tag(1200, "global_step1200");
+  late.add("zero_pp_rank_1_mp_rank_00_optim_states.pt", t::zip_bytes(50), 9'000);
+  BOOST_TEST(deepspeed().recognise(late).fingerprint == fingerprint);
+  // latest still names an older tag: this one is being saved; quietly.
+  r = deepspeed().recognise(deepspeed_tag(1200, "global_step800"));
+  BOOST_TEST(verdict(r) == incomplete);
+  BOOST_TEST(r.problem.empty());
+  auto missing = deepspeed_tag(1200, "");
+  missing.remove_sibling("latest");
+  r = deepspeed().recognise(missing);
+  BOOST_TEST(verdict(r) == incomplete);
+  BOOST_TEST(r.problem.empty());
+  // Junk in latest.
+  for (const std::string& junk : std::vector<std::string>{
+           "checkpoint", "global_step", "global_stepX", "global_step-5", std::string("\xff\xfe", 2),
+           "global_step1200 extra", std::string(5000, 'g')}) {
+    r = deepspeed().recognise(deepspeed_tag(1200, junk));
+    BOOST_TEST(verdict(r) == incomplete, "accepted latest: " << junk);
+  }
+  BOOST_TEST(verdict(deepspeed().recognise(deepspeed_tag(1200, " \n"))) == incomplete);
+  // Model states truncated (every length), or none at all.
+  const std::string states = t::zip_bytes(100);
+  for (std::size_t cut = 0; cut < states.size(); cut += 7) {
+    memory_view v("global_step3");
+    v.add("mp_rank_00_model_states.pt", states.substr(0, cut));
+    v.add_sibling("latest", "global_step3");
+    r = deepspeed().recognise(v);
+    BOOST_TEST(verdict(r) == incomplete, "cut " << cut);
+    BOOST_TEST(!r.problem.empty());
+  }
+  memory_view empty("global_step3");
+  empty.add_sibling("latest", "global_step3");
+  BOOST_TEST(verdict(deepspeed().recognise(empty)) == incomplete);
+  memory_view not_tag("global_step03");
+  BOOST_TEST(verdict(deepspeed().recognise(not_tag)) == incomplete);
+}
+
+BOOST_AUTO_TEST_CASE(disk_deepspeed_run) {
+  t::temp_dir tmp;
+  t::deepspeed_run run(tmp / "ds", {.data_parallel_ranks = 3, .late_last_rank = true});
+  const auto dir = run.begin_save(100);
+  BOOST_TEST(verdict(deepspeed().recognise(*view(dir))) == incomplete);
+  run.finish_save();
+  auto r = deepspeed().recognise(*view(dir));
+  BOOST_TEST_REQUIRE(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.step == 100);
+  run.land_late_shards();
+  BOOST_TEST(deepspeed().recognise(*view(dir)).fingerprint == r.fingerprint);
+  const auto second = run.begin_save(200);
+  BOOST_TEST(verdict(deepspeed().recognise(*view(second))) == incomplete);
+  run.finish_save();
+  BOOST_TEST(verdict(deepspeed().recognise(*view(second))) == complete);
+  BOOST_TEST(verdict(deepspeed().recognise(*view(dir))) == complete);
+  run.write_latest_raw("garbage");
+  BOOST_TEST(verdict(deepspeed().recognise(*view(dir))) == incomplete);
+}
+
+// ---------------------------------------------------------------------------
+// Megatron-LM
+
+memory_view megatron_iteration(std::int64_t iteration, const std::string& tracker) {
+  std::string digits = std::to_string(iteration);
+  if (digits.size() < 7) digits.insert(0, 7 - digits.size(), '0');
+  memory_view v("iter_" + digits);
+  v.add("__0_0.distcp", std::string(100, 'd'), 1'000);
+  v.add(".metadata", std::string(10, 'm'), 2'000);
+  v.add("metadata.json", R"({"sharded_backend": "torch_dist"})", 3'000);
+  v.add_sibling("latest_checkpointed_iteration.txt", tracker);
+  return v;
+}
+
+BOOST_AUTO_TEST_CASE(megatron_tracker_decides) {
+  auto r = megatron().recognise(megatron_iteration(1500, "1500"));
+  BOOST_TEST_REQUIRE(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.step == 1500);
+  BOOST_TEST(r.completed_at_ns == 3'000);
+  BOOST_TEST(!r.metrics.has_value());
+  BOOST_TEST(verdict(megatron().recognise(megatron_iteration(1500, "2000\n"))) == complete);
+  BOOST_TEST(verdict(megatron().recognise(megatron_iteration(1500, " 0002000 "))) == complete);
+  r = megatron().recognise(megatron_iteration(1500, "1499"));
+  BOOST_TEST(verdict(r) == incomplete);
+  BOOST_TEST(r.problem.empty());
+  for (const std::string& junk :
+       std::vector<std::string>{"release", "abc", "-1", "1500.0", "1e4", "99999999999999999999",
+                                std::string("15\x00"
+                                            "00",
+                                            5),
+                                "0x5dc"}) {
+    r = megatron().recognise(megatron_iteration(1500, junk));
+    BOOST_TEST(verdict(r) == incomplete, "accepted tracker: " << junk);
+    BOOST_TEST(!r.problem.empty(), "no problem for tracker: " << junk);
+  }
+  BOOST_TEST(verdict(megatron().recognise(megatron_iteration(1500, ""))) == incomplete);
+  // metadata.json missing (still writing) or garbage.
+  auto v = megatron_iteration(1500, "1500");
+  v.remove("metadata.json");
+  r = megatron().recognise(v);
+  BOOST_TEST(verdict(r) == incomplete);
+  BOOST_TEST(!r.problem.empty());
+  for (const std::string garbage : {"", "{", "[1, 2]", "null", R"({"a": 1,})"}) {
+    auto g = megatron_iteration(1500, "1500");
+    g.remove("metadata.json").add("metadata.json", garbage);
+    BOOST_TEST(verdict(megatron().recognise(g)) == incomplete,
+               "accepted metadata.json: " << garbage);
+  }
+  // release/.
+  memory_view release("release");
+  release.add("metadata.json", "{}");
+  release.add_sibling("latest_checkpointed_iteration.txt", "release\n");
+  r = megatron().recognise(release);
+  BOOST_TEST(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.step == -1);
+  release.remove_sibling("latest_checkpointed_iteration.txt")
+      .add_sibling("latest_checkpointed_iteration.txt", "100");
+  BOOST_TEST(verdict(megatron().recognise(release)) == incomplete);
+  // Legacy format.
+  memory_view legacy("iter_0000100");
+  legacy.add_dir("mp_rank_00");
+  legacy.add("mp_rank_00/model_optim_rng.pt", t::zip_bytes(64), 4'000);
+  legacy.add_dir("mp_rank_01");
+  legacy.add("mp_rank_01/model_optim_rng.pt", t::zip_bytes(64).substr(0, 90), 4'500);
+  legacy.add_sibling("latest_checkpointed_iteration.txt", "100");
+  BOOST_TEST(verdict(megatron().recognise(legacy)) == incomplete);
+  legacy.remove("mp_rank_01/model_optim_rng.pt")
+      .add("mp_rank_01/model_optim_rng.pt", t::zip_bytes(64), 4'500);
+  r = megatron().recognise(legacy);
+  BOOST_TEST(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.completed_at_ns == 4'500);
+}
+
+BOOST_AUTO_TEST_CASE(disk_megatron_run) {
+  t::temp_dir tmp;
+  t::megatron_run run(tmp / "save", {.retain_interval = 1000});
+  const auto first = run.begin_save(500);
+  BOOST_TEST(first.filename() == "iter_0000500");
+  BOOST_TEST(verdict(megatron().recognise(*view(first))) == incomplete);
+  BOOST_TEST(run.finish_save().empty());
+  auto r = megatron().recognise(*view(first));
+  BOOST_TEST_REQUIRE(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.step == 500);
+  run.begin_save(1000);
+  const auto deleted = run.finish_save();  // 500 is not a multiple of 1000
+  BOOST_TEST_REQUIRE(deleted.size() == 1u);
+  BOOST_TEST(deleted[0] == first);
+  BOOST_TEST(verdict(megatron().recognise(*view(run.iteration_dir(1000)))) == complete);
+  run.write_tracker_raw("not a number");
+  BOOST_TEST(verdict(megatron().recognise(*view(run.iteration_dir(1000)))) == incomplete);
+
+  t::megatron_run legacy(tmp / "legacy", {.dist_ckpt = false});
+  const auto dir = legacy.save(7);
+  r = megatron().recognise(*view(dir));
+  BOOST_TEST(verdict(r) == complete, r.problem);
+}
+
+// ---------------------------------------------------------------------------
+// DCP / torchtitan
+
+BOOST_AUTO_TEST_CASE(dcp_metadata_must_be_newest) {
+  memory_view v("step-500");
+  v.add("__0_0.distcp", std::string(100, 'a'), 1'000);
+  v.add("__1_0.distcp", std::string(100, 'b'), 2'000);
+  auto r = dcp().recognise(v);
+  BOOST_TEST(verdict(r) == incomplete);
+  BOOST_TEST(r.problem.empty());
+  v.add(".metadata", std::string(50, 'm'), 3'000);
+  r = dcp().recognise(v);
+  BOOST_TEST_REQUIRE(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.step == 500);
+  BOOST_TEST(r.completed_at_ns == 3'000);
+  // A re-save: new data, the old .metadata still there.
+  v.remove("__1_0.distcp").add("__1_0.distcp", std::string(100, 'c'), 4'000);
+  r = dcp().recognise(v);
+  BOOST_TEST(verdict(r) == incomplete);
+  // The same mtime counts as newer (coarse clocks).
+  v.remove(".metadata").add(".metadata", std::string(50, 'm'), 4'000);
+  BOOST_TEST(verdict(dcp().recognise(v)) == complete);
+  memory_view empty_meta("step-5");
+  empty_meta.add("__0_0.distcp", "x").add(".metadata", "");
+  BOOST_TEST(verdict(dcp().recognise(empty_meta)) == incomplete);
+  memory_view no_data("step-5");
+  no_data.add(".metadata", "m");
+  BOOST_TEST(verdict(dcp().recognise(no_data)) == incomplete);
+  memory_view tmp_only("step-5");
+  tmp_only.add("__0_0.distcp", "x").add(".metadata.tmp", "m", 9'000);
+  BOOST_TEST(verdict(dcp().recognise(tmp_only)) == incomplete);
+  // Hugging Face format: the index with its shards.
+  memory_view hf_format("step-1000");
+  hf_format.add("model-00001-of-00001.safetensors", t::safetensors_bytes());
+  BOOST_TEST(verdict(dcp().recognise(hf_format)) == incomplete);
+  hf_format.add("model.safetensors.index.json",
+                R"({"weight_map": {"a": "model-00001-of-00001.safetensors"}})", 8'000);
+  r = dcp().recognise(hf_format);
+  BOOST_TEST(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.completed_at_ns == 8'000);
+  hf_format.remove("model.safetensors.index.json")
+      .add("model.safetensors.index.json", "{\"weight_map\": {");
+  BOOST_TEST(verdict(dcp().recognise(hf_format)) == incomplete);
+}
+
+BOOST_AUTO_TEST_CASE(disk_torchtitan_run) {
+  t::temp_dir tmp;
+  t::torchtitan_run run(tmp / "outputs", {.keep_latest_k = 2});
+  const auto first = run.begin_save(0);
+  BOOST_TEST(verdict(dcp().recognise(*view(first))) == incomplete);
+  run.finish_save();
+  const auto r = dcp().recognise(*view(first));
+  BOOST_TEST_REQUIRE(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.step == 0);
+  run.save(500);
+  // Saving over step-500 again: stale until its .metadata is renamed in.
+  // (Past the filesystem's timestamp granularity, as a real re-save is.)
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  run.begin_save(500);
+  BOOST_TEST(verdict(dcp().recognise(*view(run.step_dir(500)))) == incomplete);
+  BOOST_TEST(run.finish_save().empty());
+  BOOST_TEST(verdict(dcp().recognise(*view(run.step_dir(500)))) == complete);
+  const auto purged = run.save(1000).parent_path();
+  BOOST_TEST(!fs::exists(first));
+  const auto hf_dir = run.save_hf(1500);
+  BOOST_TEST(!fs::exists(hf_dir / "sharded"));
+  BOOST_TEST(verdict(dcp().recognise(*view(hf_dir))) == complete);
+}
+
+// ---------------------------------------------------------------------------
+// torchtune's own checkpointers
+
+BOOST_AUTO_TEST_CASE(torchtune_epoch_folders) {
+  memory_view v("epoch_2");
+  v.add("config.json", "{}");
+  auto r = tt_epoch().recognise(v);
+  BOOST_TEST(verdict(r) == incomplete);
+  BOOST_TEST(r.problem.empty());
+  BOOST_TEST(r.epoch == 2);
+  v.add("model-00001-of-00002.safetensors", t::safetensors_bytes(), 2'000);
+  v.add("model-00002-of-00002.safetensors", t::safetensors_bytes(), 3'000);
+  BOOST_TEST(verdict(tt_epoch().recognise(v)) == incomplete);  // the index comes last
+  v.add(
+      "model.safetensors.index.json",
+      R"({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})",
+      4'000);
+  r = tt_epoch().recognise(v);
+  BOOST_TEST_REQUIRE(verdict(r) == settling, r.problem);
+  BOOST_TEST(r.epoch == 2);
+  BOOST_TEST(r.step == -1);
+  BOOST_TEST(r.completed_at_ns == 4'000);
+  BOOST_TEST(!r.metrics.has_value());
+  const auto before = r.fingerprint;
+  // recipe_state.pt half written, then whole.
+  const std::string state = t::zip_bytes(200);
+  v.add("recipe_state.pt", state.substr(0, state.size() / 2), 5'000);
+  r = tt_epoch().recognise(v);
+  BOOST_TEST(verdict(r) == incomplete);
+  BOOST_TEST(r.problem.find("recipe_state.pt") != std::string::npos);
+  v.remove("recipe_state.pt").add("recipe_state.pt", state, 6'000);
+  r = tt_epoch().recognise(v);
+  BOOST_TEST(verdict(r) == settling, r.problem);
+  BOOST_TEST(r.fingerprint != before);
+  BOOST_TEST(r.completed_at_ns == 6'000);
+
+  // LoRA: adapter weights need their config.
+  memory_view lora("epoch_0");
+  lora.add("adapter_model.pt", t::zip_bytes(64));
+  lora.add_dir("adapter_model");
+  lora.add("adapter_model.safetensors", t::safetensors_bytes());
+  BOOST_TEST(verdict(tt_epoch().recognise(lora)) == incomplete);
+  lora.add("adapter_config.json", R"({"r": 8, "lora_alpha")");
+  BOOST_TEST(verdict(tt_epoch().recognise(lora)) == incomplete);
+  lora.remove("adapter_config.json").add("adapter_config.json", R"({"r": 8})");
+  BOOST_TEST(verdict(tt_epoch().recognise(lora)) == settling);
+  lora.remove("adapter_model.pt").add("adapter_model.pt", "PK garbage");
+  BOOST_TEST(verdict(tt_epoch().recognise(lora)) == incomplete);
+
+  // Async saves: DCP.
+  memory_view async("step_300");
+  async.add("__0_0.distcp", "d", 1'000);
+  BOOST_TEST(verdict(tt_epoch().recognise(async)) == incomplete);
+  async.add(".metadata", "m", 2'000);
+  r = tt_epoch().recognise(async);
+  BOOST_TEST(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.step == 300);
+  BOOST_TEST(r.epoch == 0);
+  memory_view adapter_only("epoch_1");
+  adapter_only.add_dir("adapter_model");
+  adapter_only.add("adapter_model/__0_0.distcp", "d", 1'000);
+  adapter_only.add("adapter_model/.metadata", "m", 500);
+  BOOST_TEST(verdict(tt_epoch().recognise(adapter_only)) == incomplete);  // stale
+  adapter_only.remove("adapter_model/.metadata").add("adapter_model/.metadata", "m", 1'500);
+  BOOST_TEST(verdict(tt_epoch().recognise(adapter_only)) == complete);
+}
+
+BOOST_AUTO_TEST_CASE(torchtune_disk_logger_losses) {
+  const auto folder = [](const std::string& log_name, const std::string& log) {
+    memory_view v("step_30");
+    v.add("model.safetensors", t::safetensors_bytes());
+    v.add_beside(0, "logs/" + log_name, log);
+    return v;
+  };
+  const std::string text =
+      "Step 10 | loss:2.5 lr:2e-05 grad_norm:tensor(0.87, device='cuda:0') \n"
+      "Step 20 | loss:tensor(1.75) lr:2e-05 \n"
+      "Step 25 | val_loss:1.9 \n"
+      "Step 30 | loss:1.5 lr:2e-05 \n"
+      "Step 40 | loss:1.25 val_loss:1.1 \n"
+      "Step 50 | loss:1.0";  // a line still being written
+  auto r = tt_epoch().recognise(folder("log_1717171717.txt", text));
+  BOOST_TEST_REQUIRE(verdict(r) == settling, r.problem);
+  BOOST_TEST_REQUIRE(r.metrics.has_value());
+  BOOST_TEST(r.metrics->train_loss == 1.5);
+  BOOST_TEST(r.metrics->validation_loss == 1.9);
+  BOOST_TEST(r.metrics->perplexity == std::exp(1.9), tt::tolerance(1e-12));
+  // Without a validation loss (what torchtune's recipes log): no metrics.
+  const std::string no_val = "Step 10 | loss:2.5 \nStep 30 | loss:1.5 \n";
+  r = tt_epoch().recognise(folder("log_1.txt", no_val));
+  BOOST_TEST(verdict(r) == settling);
+  BOOST_TEST(!r.metrics.has_value());
+  BOOST_TEST(r.problem.empty());
+  // JSONL; a later run's log (resumed at step 100) is skipped for the older one.
+  auto v =
+      folder("log_1717171717.jsonl",
+             "{\"step\": 30, \"loss\": 1.5, \"val_loss\": 1.25}\n{\"step\": 31, \"loss\": 9}\n");
+  v.add_beside(0, "logs/log_1717179999.jsonl",
+               "{\"step\": 100, \"loss\": 0.1, \"val_loss\": 0.1}\n");
+  r = tt_epoch().recognise(v);
+  BOOST_TEST_REQUIRE(r.metrics.has_value());
+  BOOST_TEST(r.metrics->train_loss == 1.5);
+  BOOST_TEST(r.metrics->validation_loss == 1.25);
+  // Garbage logs change nothing.
+  for (const std::string& junk : std::vector<std::string>{
+           "", "\n\n", "Step x | loss:1 \n", "Step 1 loss:1\n", "{\"step\": \"1\", \"loss\": 1}\n",
+           std::string(1000, '\xff') + "\n", "Step 1 | loss:nan val_loss:1.0 \n"}) {
+    r = tt_epoch().recognise(folder("log_5.txt", junk));
+    BOOST_TEST(verdict(r) == settling);
+    BOOST_TEST(!r.metrics.has_value(), "metrics from: " << junk);
+  }
+  // epoch_<k> folders do not read the log.
+  memory_view epoch("epoch_0");
+  epoch.add("model.safetensors", t::safetensors_bytes());
+  epoch.add_beside(0, "logs/log_1.txt", text);
+  BOOST_TEST(!tt_epoch().recognise(epoch).metrics.has_value());
+}
+
+BOOST_AUTO_TEST_CASE(disk_torchtune_checkpointer_run) {
+  t::temp_dir tmp;
+  t::torchtune_checkpointer_run run(tmp / "out", {.lora = true, .keep_last_n = 2});
+  run.train_steps(4);
+  BOOST_TEST(fs::exists(run.log_file()));
+  const auto dir0 = run.begin_save(0);
+  BOOST_TEST(w::choose_layout("epoch_0", true, children_of(dir0)) == &tt_epoch());
+  auto r = tt_epoch().recognise(*view(dir0));
+  BOOST_TEST_REQUIRE(verdict(r) == settling, r.problem);
+  BOOST_TEST(r.epoch == 0);
+  run.finish_save(true);
+  const auto again = tt_epoch().recognise(*view(dir0));
+  BOOST_TEST(verdict(again) == settling);
+  BOOST_TEST(again.fingerprint != r.fingerprint);
+  run.train_steps(4);
+  run.save(1, true);
+  run.train_steps(4);
+  const auto pruned = run.begin_save(2);
+  BOOST_TEST(run.finish_save(false).size() == 1u);  // keep_last_n = 2 prunes epoch_0
+  BOOST_TEST(!fs::exists(dir0));
+  r = tt_epoch().recognise(*view(pruned));
+  BOOST_TEST(verdict(r) == settling, r.problem);
+  BOOST_TEST(r.epoch == 2);
+
+  t::torchtune_checkpointer_run steps(tmp / "steps", {.dir_prefix = "step", .jsonl_log = true});
+  steps.train_steps(6);
+  const auto dir = steps.save(6, true);
+  BOOST_TEST(dir.filename() == "step_6");
+  r = tt_epoch().recognise(*view(dir));
+  BOOST_TEST(verdict(r) == settling, r.problem);
+  BOOST_TEST(r.step == 6);
+  BOOST_TEST(!r.metrics.has_value());  // no validation loss on disk
+}
+
+// ---------------------------------------------------------------------------
+// Lightning
+
+memory_view ckpt_file(const std::string& name, std::string bytes = t::zip_bytes(64),
+                      std::int64_t mtime_ns = 7'000) {
+  memory_view v(name, false);
+  v.add("", std::move(bytes), mtime_ns);
+  return v;
+}
+
+BOOST_AUTO_TEST_CASE(lightning_files) {
+  auto r = lightning().recognise(ckpt_file("epoch=4-step=1250.ckpt"));
+  BOOST_TEST_REQUIRE(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.epoch == 4);
+  BOOST_TEST(r.step == 1250);
+  BOOST_TEST(r.completed_at_ns == 7'000);
+  BOOST_TEST(!r.metrics.has_value());
+  BOOST_TEST(r.problem.empty());
+
+  r = lightning().recognise(ckpt_file("epoch=2-step=750-val_loss=0.41-train_loss=0.38-v1.ckpt"));
+  BOOST_TEST_REQUIRE(r.metrics.has_value(), r.problem);
+  BOOST_TEST(r.epoch == 2);
+  BOOST_TEST(r.step == 750);
+  BOOST_TEST(r.metrics->epoch == 2);
+  BOOST_TEST(r.metrics->validation_loss == 0.41);
+  BOOST_TEST(r.metrics->train_loss == 0.38);
+  BOOST_TEST(r.metrics->perplexity == std::exp(0.41), tt::tolerance(1e-12));
+
+  r = lightning().recognise(
+      ckpt_file("model-epoch=03-step=0010-lr=1e-05-loss=2.5-validation_loss=2.75.ckpt"));
+  BOOST_TEST_REQUIRE(r.metrics.has_value(), r.problem);
+  BOOST_TEST(r.epoch == 3);
+  BOOST_TEST(r.step == 10);
+  BOOST_TEST(r.metrics->train_loss == 2.5);
+  BOOST_TEST(r.metrics->validation_loss == 2.75);
+
+  // Non-finite metrics: complete, no metrics, a note.
+  r = lightning().recognise(ckpt_file("epoch=1-step=2-val_loss=nan-loss=1.0.ckpt"));
+  BOOST_TEST(verdict(r) == complete);
+  BOOST_TEST(!r.metrics.has_value());
+  BOOST_TEST(!r.problem.empty());
+
+  // Odd names: no fields, junk values, odd bytes.
+  for (const std::string& name :
+       std::vector<std::string>{"last.ckpt", "best.ckpt", "epoch=x-step=-3.ckpt", "=.ckpt",
+                                std::string("epoch=1\xff-step=2.ckpt"), "epoch=1 -step=2.ckpt",
+                                "a\nb.ckpt", "epoch=99999999999999999999-step=1.ckpt"}) {
+    r = lightning().recognise(ckpt_file(name));
+    BOOST_TEST(verdict(r) == complete, name);
+    BOOST_TEST(r.epoch >= 0);
+  }
+  BOOST_TEST(lightning().recognise(ckpt_file("epoch=1 -step=2.ckpt")).step == 2);
+  BOOST_TEST(lightning().recognise(ckpt_file("epoch=99999999999999999999-step=1.ckpt")).epoch == 0);
+
+  // Truncated at every length: never complete.
+  const std::string bytes = t::zip_bytes(64);
+  for (std::size_t cut = 0; cut < bytes.size(); ++cut) {
+    r = lightning().recognise(ckpt_file("epoch=0-step=1.ckpt", bytes.substr(0, cut)));
+    BOOST_TEST(verdict(r) == incomplete, "cut " << cut);
+  }
+  // Rewritten in place: a new fingerprint.
+  const auto a = lightning().recognise(ckpt_file("last.ckpt", bytes, 1'000));
+  const auto b = lightning().recognise(ckpt_file("last.ckpt", bytes, 2'000));
+  BOOST_TEST(a.fingerprint != b.fingerprint);
+  BOOST_TEST(b.completed_at_ns == 2'000);
+}
+
+BOOST_AUTO_TEST_CASE(lightning_metrics_csv) {
+  const std::string csv =
+      "epoch,step,train_loss_step,train_loss_epoch,val_loss\n"
+      "0,49,2.0,,\n"
+      "0,99,1.8,,\n"
+      "0,99,,1.9,\n"
+      "0,99,,,1.75\n"
+      "1,149,1.5,,\n"
+      "1,199,1.25,,\n"
+      "1,199,,1.3,\n"
+      "1,199,,,1.5\n"
+      "2,249,1.0,,";  // a row still being written
+  auto v = ckpt_file("epoch=0-step=100.ckpt");
+  v.add_beside(1, "metrics.csv", csv);
+  auto r = lightning().recognise(v);
+  BOOST_TEST_REQUIRE(r.metrics.has_value(), r.problem);
+  BOOST_TEST(r.metrics->train_loss == 1.9);  // the epoch aggregate beats the step value
+  BOOST_TEST(r.metrics->validation_loss == 1.75);
+  BOOST_TEST(r.metrics->epoch == 0);
+
+  // The name's value wins over the CSV's.
+  auto named = ckpt_file("epoch=1-step=200-val_loss=1.45.ckpt");
+  named.add_beside(1, "metrics.csv", csv);
+  r = lightning().recognise(named);
+  BOOST_TEST_REQUIRE(r.metrics.has_value());
+  BOOST_TEST(r.metrics->validation_loss == 1.45);
+  BOOST_TEST(r.metrics->train_loss == 1.3);
+
+  // last.ckpt: the CSV's newest epoch, no step, no CSV metrics.
+  auto last = ckpt_file("last.ckpt");
+  last.add_beside(1, "metrics.csv", csv + "\n");
+  r = lightning().recognise(last);
+  BOOST_TEST(r.epoch == 2);
+  BOOST_TEST(r.step == -1);
+  BOOST_TEST(!r.metrics.has_value());
+  BOOST_TEST(lightning().recognise(ckpt_file("last.ckpt")).epoch == 0);
+
+  // Not CSVLogger's, half rewritten, garbage: no metrics, still complete.
+  for (const std::string& bad :
+       std::vector<std::string>{"a,b\n1,2\n", "epoch,step,val_loss\n0,99", "", "\n\n\n",
+                                "epoch,step,train_loss,val_loss\n0,99,1.0\n0,99,x,y\n",
+                                "epoch,step,train_loss,val_loss\n0,-99,1.0,1.0\n",
+                                std::string("epoch,step,train_loss,val_loss\n0,99,\xff,1\n")}) {
+    auto g = ckpt_file("epoch=0-step=100.ckpt");
+    g.add_beside(1, "metrics.csv", bad);
+    r = lightning().recognise(g);
+    BOOST_TEST(verdict(r) == complete);
+    BOOST_TEST(!r.metrics.has_value(), "metrics from: " << bad);
+  }
+  // Quoted header fields as Python's csv writes them.
+  auto quoted = ckpt_file("epoch=0-step=10.ckpt");
+  quoted.add_beside(1, "metrics.csv", "\"epoch\",\"step\",\"loss\",\"val_loss\"\n0,10,1.5,1.25\n");
+  BOOST_TEST(lightning().recognise(quoted).metrics.has_value());
+}
+
+BOOST_AUTO_TEST_CASE(lightning_folders) {
+  memory_view ds("epoch=1-step=20.ckpt");
+  ds.add_dir("checkpoint");
+  ds.add("checkpoint/mp_rank_00_model_states.pt", t::zip_bytes(64), 3'000);
+  BOOST_TEST(verdict(lightning().recognise(ds)) == incomplete);
+  ds.add("latest", "checkpoint", 4'000);
+  auto r = lightning().recognise(ds);
+  BOOST_TEST_REQUIRE(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.epoch == 1);
+  BOOST_TEST(r.step == 20);
+  BOOST_TEST(r.completed_at_ns == 4'000);
+  for (const std::string& junk : std::vector<std::string>{"", "nope", "../checkpoint",
+                                                          "checkpoint/x", std::string(5000, 'c')}) {
+    memory_view j("epoch=1-step=20.ckpt");
+    j.add_dir("checkpoint");
+    j.add("checkpoint/mp_rank_00_model_states.pt", t::zip_bytes(64));
+    j.add("latest", junk);
+    BOOST_TEST(verdict(lightning().recognise(j)) == incomplete, "accepted latest: " << junk);
+  }
+  memory_view fsdp("epoch=1-step=20.ckpt");
+  fsdp.add("__0_0.distcp", "x").add(".metadata", "m");
+  BOOST_TEST(verdict(lightning().recognise(fsdp)) == incomplete);
+  fsdp.add("meta.pt", t::zip_bytes(32).substr(0, 40));
+  BOOST_TEST(verdict(lightning().recognise(fsdp)) == incomplete);
+  fsdp.remove("meta.pt").add("meta.pt", t::zip_bytes(32));
+  BOOST_TEST(verdict(lightning().recognise(fsdp)) == complete);
+}
+
+BOOST_AUTO_TEST_CASE(disk_lightning_run) {
+  t::temp_dir tmp;
+  t::lightning_run run(tmp / "root", tmp / "stage", {.save_top_k = 2});
+  run.log_epoch(0, 50);
+  const auto first = run.save(0, 50);
+  BOOST_TEST(first.filename() == "epoch=0-step=50-val_loss=" + [] {
+    char b[16];
+    std::snprintf(b, sizeof b, "%.2f", t::lightning_run::name_val_loss(0));
+    return std::string(b);
+  }() + ".ckpt");
+  auto r = lightning().recognise(*view(first));
+  BOOST_TEST_REQUIRE(verdict(r) == complete, r.problem);
+  BOOST_TEST_REQUIRE(r.metrics.has_value(), r.problem);
+  BOOST_TEST(r.metrics->validation_loss == t::lightning_run::name_val_loss(0));
+  BOOST_TEST(r.metrics->train_loss == t::fixture_train_loss(50));
+  const auto last = run.checkpoints_dir() / "last.ckpt";
+  const auto last_before = lightning().recognise(*view(last));
+  BOOST_TEST(verdict(last_before) == complete);
+  run.log_epoch(1, 100);
+  run.save(1, 100);
+  run.log_epoch(2, 150);
+  run.save(2, 150);
+  BOOST_TEST(!fs::exists(first));  // top 2
+  const auto last_after = lightning().recognise(*view(last));
+  BOOST_TEST(last_after.fingerprint != last_before.fingerprint);
+  BOOST_TEST(last_after.epoch == 2);
+  const auto copying = run.begin_copy(3, 200);
+  BOOST_TEST(verdict(lightning().recognise(*view(copying))) == incomplete);
+  run.finish_copy();
+  BOOST_TEST(verdict(lightning().recognise(*view(copying))) == complete);
+  const auto ds = run.save_deepspeed_folder(4, 250, /*finish=*/false);
+  BOOST_TEST(verdict(lightning().recognise(*view(ds))) == incomplete);
+  run.save_deepspeed_folder(4, 250);
+  BOOST_TEST(verdict(lightning().recognise(*view(ds))) == complete);
+  const auto fsdp = run.save_fsdp_folder(5, 300, /*finish=*/false);
+  BOOST_TEST(verdict(lightning().recognise(*view(fsdp))) == incomplete);
+  run.save_fsdp_folder(5, 300);
+  BOOST_TEST(verdict(lightning().recognise(*view(fsdp))) == complete);
+}
+
+// ---------------------------------------------------------------------------
+// Orbax
+
+BOOST_AUTO_TEST_CASE(orbax_step_folders) {
+  // A bare number with anything but Orbax's files: never, and quietly.
+  for (const auto& files : std::vector<std::vector<std::string>>{
+           {}, {"data.csv"}, {"model.safetensors"}, {"default/"}, {"metrics/metrics"}}) {
+    memory_view v("2024");
+    for (const auto& f : files) {
+      if (f.ends_with("/")) {
+        v.add_dir(f.substr(0, f.size() - 1));
+      } else {
+        v.add(f, "{}");
+      }
+    }
+    const auto r = orbax().recognise(v);
+    BOOST_TEST(verdict(r) == incomplete);
+    BOOST_TEST(r.problem.empty());
+  }
+  const std::string committed =
+      R"({"item_handlers": {"default": "x"}, "metrics": {"loss": 1.5, "eval_loss": 1.25, "epoch": 3},
+          "init_timestamp_nsecs": 1700000000000000000, "commit_timestamp_nsecs": 1700000005000000000})";
+  memory_view v("1000");
+  v.add_dir("default");
+  v.add("default/_METADATA", "{}");
+  v.add("_CHECKPOINT_METADATA", committed, 9'000);
+  auto r = orbax().recognise(v);
+  BOOST_TEST_REQUIRE(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.step == 1000);
+  BOOST_TEST(r.epoch == 3);
+  BOOST_TEST(r.completed_at_ns == 1700000005000000000);
+  BOOST_TEST_REQUIRE(r.metrics.has_value());
+  BOOST_TEST(r.metrics->train_loss == 1.5);
+  BOOST_TEST(r.metrics->validation_loss == 1.25);
+  BOOST_TEST(r.metrics->epoch == 3);
+  // metrics/metrics wins over the metadata's copy.
+  v.add_dir("metrics").add("metrics/metrics", R"({"train_loss": 1.0, "val_loss": 0.5})");
+  r = orbax().recognise(v);
+  BOOST_TEST_REQUIRE(r.metrics.has_value());
+  BOOST_TEST(r.metrics->train_loss == 1.0);
+  BOOST_TEST(r.metrics->validation_loss == 0.5);
+
+  // CommitFile in progress: metadata without a commit time.
+  memory_view commit("step_0000200");
+  commit.add("_CHECKPOINT_METADATA",
+             R"({"init_timestamp_nsecs": 5, "commit_timestamp_nsecs": null})");
+  commit.add_dir("state");
+  commit.add("state/_METADATA", "{}");
+  r = orbax().recognise(commit);
+  BOOST_TEST(verdict(r) == incomplete);
+  BOOST_TEST(r.problem.empty());
+  BOOST_TEST(r.step == 200);
+  commit.add("commit_success.txt", "Checkpoint commit was successful", 12'000);
+  r = orbax().recognise(commit);
+  BOOST_TEST(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.completed_at_ns == 12'000);
+  BOOST_TEST(!r.metrics.has_value());
+
+  // Garbage metadata: incomplete with a problem, unless committed by file.
+  for (const std::string& garbage : std::vector<std::string>{
+           "", "{", "[]", "null", R"({"commit_timestamp_nsecs": "soon"})",
+           R"({"commit_timestamp_nsecs": -5})", R"({"commit_timestamp_nsecs": 1.5})",
+           std::string("\xff\xfe{}", 4)}) {
+    memory_view g("7");
+    g.add("_CHECKPOINT_METADATA", garbage);
+    BOOST_TEST(verdict(orbax().recognise(g)) == incomplete, "accepted: " << garbage);
+    g.add("commit_success.txt", "");
+    BOOST_TEST(verdict(orbax().recognise(g)) == complete, "refused with commit file: " << garbage);
+  }
+  // Metrics with NaN: complete, no metrics.
+  memory_view nan_metrics("8");
+  nan_metrics.add("_CHECKPOINT_METADATA",
+                  R"({"metrics": {"loss": NaN, "val_loss": 1.0}, "commit_timestamp_nsecs": 10})");
+  r = orbax().recognise(nan_metrics);
+  BOOST_TEST(verdict(r) == complete);
+  BOOST_TEST(!r.metrics.has_value());
+  // Pre-metadata Orbax: item folders with Orbax's files, settling.
+  memory_view legacy("300");
+  legacy.add_dir("default");
+  legacy.add("default/manifest.ocdbt", "o", 4'000);
+  r = orbax().recognise(legacy);
+  BOOST_TEST(verdict(r) == settling, r.problem);
+  BOOST_TEST(r.completed_at_ns == 4'000);
+  // Claimed through the marker under another name: no step.
+  memory_view other("checkpoint-x");
+  other.add("_CHECKPOINT_METADATA", committed);
+  r = orbax().recognise(other);
+  BOOST_TEST(verdict(r) == complete);
+  BOOST_TEST(r.step == -1);
+}
+
+BOOST_AUTO_TEST_CASE(disk_orbax_runs) {
+  t::temp_dir tmp;
+  t::orbax_run run(tmp / "ckpt", {.max_to_keep = 2});
+  const auto staging = run.begin_save(100, {{"loss", 1.5}, {"eval_loss", 1.75}});
+  BOOST_TEST(w::is_staging_name(staging.filename().string()));
+  BOOST_TEST(!fs::exists(run.step_dir(100)));
+  run.finish_save();
+  auto r = orbax().recognise(*view(run.step_dir(100)));
+  BOOST_TEST_REQUIRE(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.step == 100);
+  BOOST_TEST(r.completed_at_ns == run.commit_timestamp_ns(100));
+  BOOST_TEST_REQUIRE(r.metrics.has_value());
+  BOOST_TEST(r.metrics->validation_loss == 1.75);
+  run.save(200);
+  BOOST_TEST(run.save(300).filename() == "300");
+  BOOST_TEST(!fs::exists(run.step_dir(100)));
+
+  t::orbax_run gcs(
+      tmp / "gcs",
+      {.step_prefix = "step", .step_digits = 8, .protocol = t::orbax_protocol::commit_file});
+  const auto dir = gcs.begin_save(5);
+  BOOST_TEST(dir.filename() == "step_00000005");
+  BOOST_TEST(w::choose_layout(dir.filename().string(), true, children_of(dir)) == &orbax());
+  BOOST_TEST(verdict(orbax().recognise(*view(dir))) == incomplete);
+  gcs.finish_save();
+  r = orbax().recognise(*view(dir));
+  BOOST_TEST(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.step == 5);
+}
+
+// ---------------------------------------------------------------------------
+// NeMo
+
+BOOST_AUTO_TEST_CASE(nemo_checkpoints) {
+  const std::string name = "megatron_gpt--val_loss=2.1034-epoch=1-consumed_samples=20480.0";
+  memory_view v(name);
+  v.add_sibling(name + "-unfinished", "");
+  v.add_dir("weights");
+  v.add("weights/__0_0.distcp", "d", 1'000);
+  v.add("weights/.metadata", "m", 2'000);
+  v.add_dir("context");
+  v.add("context/io.json", "{}", 3'000);
+  auto r = nemo().recognise(v);
+  BOOST_TEST(verdict(r) == incomplete);
+  BOOST_TEST(r.problem.empty());
+  v.remove_sibling(name + "-unfinished");
+  r = nemo().recognise(v);
+  BOOST_TEST_REQUIRE(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.epoch == 1);
+  BOOST_TEST(r.step == -1);
+  BOOST_TEST(r.completed_at_ns == 3'000);
+  BOOST_TEST(!r.metrics.has_value());  // no training loss in the name
+  v.remove("context/io.json").remove("context");
+  r = nemo().recognise(v);
+  BOOST_TEST(verdict(r) == incomplete);
+  BOOST_TEST(!r.problem.empty());
+
+  memory_view last(name + "-last");
+  last.add_dir("weights").add("weights/metadata.json", "{}").add_dir("context");
+  last.add_sibling(name + "-unfinished", "");  // another checkpoint's marker
+  r = nemo().recognise(last);
+  BOOST_TEST(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.epoch == 1);
+  last.add_sibling(name + "-last-unfinished", "");
+  BOOST_TEST(verdict(nemo().recognise(last)) == incomplete);
+
+  // A template with a training loss and a step gives metrics.
+  memory_view full("gpt--val_loss=1.25-reduced_train_loss=1.5-step=99-epoch=0-last");
+  full.add_dir("weights").add("weights/.metadata", "m").add_dir("context");
+  r = nemo().recognise(full);
+  BOOST_TEST_REQUIRE(r.metrics.has_value(), r.problem);
+  BOOST_TEST(r.step == 99);
+  BOOST_TEST(r.metrics->train_loss == 1.5);
+  BOOST_TEST(r.metrics->validation_loss == 1.25);
+  BOOST_TEST(r.metrics->perplexity == std::exp(1.25), tt::tolerance(1e-12));
+
+  // NeMo 1.x .ckpt files, EMA markers.
+  auto ckpt = ckpt_file("gpt--val_loss=0.4567-epoch=3-EMA.ckpt");
+  ckpt.add_sibling("gpt--val_loss=0.4567-epoch=3-unfinished", "");
+  BOOST_TEST(verdict(nemo().recognise(ckpt)) == incomplete);
+  ckpt.remove_sibling("gpt--val_loss=0.4567-epoch=3-unfinished");
+  r = nemo().recognise(ckpt);
+  BOOST_TEST(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.epoch == 3);
+  const std::string zip = t::zip_bytes(64);
+  BOOST_TEST(verdict(nemo().recognise(
+                 ckpt_file("gpt--val_loss=0.4-epoch=3.ckpt", zip.substr(0, 50)))) == incomplete);
+
+  // .nemo tar files: half written, whole, gzip.
+  const std::string tar =
+      t::tar_bytes({{"./model_config.yaml", "a: 1\n"}, {"./model_weights.ckpt", zip}});
+  auto tar_file = ckpt_file("megatron_gpt.nemo", tar.substr(0, 1024));
+  BOOST_TEST(verdict(nemo().recognise(tar_file)) == incomplete);
+  tar_file = ckpt_file("megatron_gpt.nemo", tar);
+  r = nemo().recognise(tar_file);
+  BOOST_TEST(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.epoch == 0);
+  tar_file.add_sibling("megatron_gpt-unfinished", "");
+  BOOST_TEST(verdict(nemo().recognise(tar_file)) == incomplete);
+  r = nemo().recognise(
+      ckpt_file("old.nemo", std::string("\x1f\x8b\x08\x00", 4) + std::string(64, 'z')));
+  BOOST_TEST(verdict(r) == settling);
+  BOOST_TEST(verdict(nemo().recognise(ckpt_file("x.nemo", std::string(2048, 'x')))) == incomplete);
+}
+
+BOOST_AUTO_TEST_CASE(disk_nemo_run) {
+  t::temp_dir tmp;
+  t::nemo_run run(tmp / "checkpoints", {.save_top_k = 1});
+  const auto first = run.begin_save(0, 1024);
+  BOOST_TEST(fs::exists(run.marker_of(first)));
+  BOOST_TEST(w::choose_layout(first.filename().string(), true, children_of(first)) == &nemo());
+  BOOST_TEST(verdict(nemo().recognise(*view(first))) == incomplete);
+  BOOST_TEST(run.finish_save().empty());
+  BOOST_TEST(!fs::exists(run.marker_of(first)));
+  auto r = nemo().recognise(*view(first));
+  BOOST_TEST_REQUIRE(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.epoch == 0);
+  const auto last = fs::path(first.string() + "-last");
+  BOOST_TEST(verdict(nemo().recognise(*view(last))) == complete);
+  run.begin_save(1, 2048);
+  const auto removed = run.finish_save();  // the old -last, then top-1 drops epoch 0
+  BOOST_TEST(removed.size() == 2u);
+  BOOST_TEST(!fs::exists(first));
+
+  const auto ckpt = run.save_ckpt(2);
+  BOOST_TEST(w::choose_layout(ckpt.filename().string(), false, {}) == &nemo());
+  r = nemo().recognise(*view(ckpt));
+  BOOST_TEST(verdict(r) == complete, r.problem);
+  BOOST_TEST(r.epoch == 2);
+
+  const auto nemo_file = run.begin_nemo();
+  BOOST_TEST(verdict(nemo().recognise(*view(nemo_file))) == incomplete);
+  run.finish_nemo();
+  BOOST_TEST(verdict(nemo().recognise(*view(nemo_file))) == complete);
+  run.begin_nemo();  // the old one moved aside as a backup (staging)
+  BOOST_TEST(fs::exists(nemo_file.parent_path() / "megatron_gpt-v1.nemo"));
+  BOOST_TEST(w::is_staging_name("megatron_gpt-v1.nemo"));
+  run.finish_nemo();
+  BOOST_TEST(!fs::exists(nemo_file.parent_path() / "megatron_gpt-v1.nemo"));
+}
+
+// ---------------------------------------------------------------------------
+// Files beside a candidate, on disk
+
+BOOST_AUTO_TEST_CASE(disk_view_beside) {
+  t::temp_dir tmp;
+  const auto run = tmp / "run";
+  t::write_file(run / "checkpoints" / "epoch=0-step=1.ckpt", t::zip_bytes(8));
+  t::write_file(run / "checkpoints" / "latest", "global_step1");
+  t::write_file(run / "metrics.csv", "epoch,step\n");
+  t::write_file(run / "logs" / "log_1.txt", "Step 1 | loss:1.0 \n");
+  fs::create_directories(run / "logs" / "sub");
+  t::write_file(tmp / "secret.txt", "secret");
+  fs::create_symlink(tmp / "secret.txt", run / "checkpoints" / "linked");
+  fs::create_directory_symlink(tmp.path(), run / "logs-link");
+  fs::create_directories(run / "checkpoints" / "global_step1");
+
+  const auto v = view(run / "checkpoints" / "global_step1");
+  BOOST_TEST(*v->read_sibling("latest", 100) == "global_step1");
+  BOOST_TEST(!v->read_sibling("latest", 5).has_value());  // larger than allowed
+  BOOST_TEST(!v->read_sibling("linked", 100).has_value());
+  BOOST_TEST(!v->read_sibling("../metrics.csv", 100).has_value());
+  BOOST_TEST(!v->read_sibling("..", 100).has_value());
+  BOOST_TEST(!v->read_sibling("", 100).has_value());
+  BOOST_TEST(v->sibling_exists("latest"));
+  BOOST_TEST(v->sibling_exists("linked"));  // it is there, even if never read
+  BOOST_TEST(!v->sibling_exists("nope"));
+  BOOST_TEST(!v->sibling_exists("../metrics.csv"));
+
+  BOOST_TEST(*v->read_beside(1, "metrics.csv", 0, 100) == "epoch,step\n");
+  BOOST_TEST(*v->read_beside(1, "metrics.csv", 6, 100) == "step\n");
+  BOOST_TEST(*v->read_beside(1, "logs/log_1.txt", 0, 4) == "Step");
+  BOOST_TEST(!v->read_beside(1, "logs-link/secret.txt", 0, 100).has_value());
+  BOOST_TEST(!v->read_beside(1, "../secret.txt", 0, 100).has_value());
+  BOOST_TEST(!v->read_beside(1, "logs/../metrics.csv", 0, 100).has_value());
+  BOOST_TEST(!v->read_beside(1, "/etc/hostname", 0, 100).has_value());
+  BOOST_TEST(!v->read_beside(2, "metrics.csv", 0, 100).has_value());
+  BOOST_TEST(!v->read_beside(-1, "metrics.csv", 0, 100).has_value());
+  BOOST_TEST(!v->read_beside(1, "logs", 0, 100).has_value());
+  BOOST_TEST(!v->read_beside(0, "linked", 0, 100).has_value());
+  const auto logs = v->list_beside(1, "logs");
+  BOOST_TEST_REQUIRE(logs.size() == 2u);
+  BOOST_TEST(logs[0].rel == "log_1.txt");
+  BOOST_TEST(logs[0].size == 19u);
+  BOOST_TEST(logs[1].is_dir);
+  std::vector<std::string> names;
+  for (const auto& f : v->list_beside(1, "")) names.push_back(f.rel);
+  BOOST_TEST(names == (std::vector<std::string>{"checkpoints", "logs", "metrics.csv"}),
+             tt::per_element());  // no symlinks
+  BOOST_TEST(v->list_beside(1, "logs-link").empty());
+  BOOST_TEST(v->list_beside(1, "..").empty());
+  BOOST_TEST(v->list_beside(3, "").empty());
+  // A file candidate reads beside itself the same way; "a/b/" is b.
+  const auto file = view(run / "checkpoints" / "epoch=0-step=1.ckpt");
+  BOOST_TEST(*file->read_sibling("latest", 100) == "global_step1");
+  BOOST_TEST(file->read_beside(1, "metrics.csv", 0, 5).value_or("") == "epoch");
+  const auto slash = w::view_from_disk((run / "checkpoints" / "global_step1").string() + "/");
+  BOOST_TEST(*slash->read_sibling("latest", 100) == "global_step1");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

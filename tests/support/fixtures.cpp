@@ -12,6 +12,7 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -647,6 +648,715 @@ fs::path write_manifest_checkpoint_raw(const fs::path& dir, std::string_view man
   write_file(dir / "model.safetensors", safetensors_bytes(2, 16));
   write_file(dir / manifest_file_name, manifest_text);
   return dir;
+}
+
+// ---------------------------------------------------------------------------
+// More bytes and file operations
+
+namespace {
+
+constexpr std::size_t tar_block = 512;
+constexpr std::size_t tar_record = 10240;
+
+void put_octal(std::string& header, std::size_t at, std::size_t width, std::uint64_t value) {
+  // width-1 octal digits, zero padded, then NUL (as tarfile's itn()).
+  std::string digits(width - 1, '0');
+  for (std::size_t i = width - 1; i-- > 0 && value > 0; value >>= 3) {
+    digits[i] = static_cast<char>('0' + (value & 7));
+  }
+  header.replace(at, width - 1, digits);
+  header[at + width - 1] = '\0';
+}
+
+std::string tar_header(const std::string& name, std::size_t size) {
+  std::string h(tar_block, '\0');
+  h.replace(0, std::min<std::size_t>(name.size(), 99), name.substr(0, 99));
+  put_octal(h, 100, 8, 0644);
+  put_octal(h, 108, 8, 0);
+  put_octal(h, 116, 8, 0);
+  put_octal(h, 124, 12, size);
+  put_octal(h, 136, 12, 1'700'000'000);
+  h[156] = '0';
+  h.replace(257, 6, std::string("ustar\0", 6));
+  h.replace(263, 2, "00");
+  h.replace(148, 8, std::string(8, ' '));
+  std::uint64_t sum = 0;
+  for (const char ch : h) sum += static_cast<unsigned char>(ch);
+  // tarfile: "%06o\0 "
+  std::string chk(6, '0');
+  for (std::size_t i = 6; i-- > 0 && sum > 0; sum >>= 3)
+    chk[i] = static_cast<char>('0' + (sum & 7));
+  h.replace(148, 8, chk + std::string("\0 ", 2));
+  return h;
+}
+
+std::string two_decimals(double x) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%.2f", x);
+  return buffer;
+}
+
+std::string four_decimals(double x) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%.4f", x);
+  return buffer;
+}
+
+std::string padded(std::int64_t value, int digits) {
+  std::string s = std::to_string(value);
+  if (static_cast<int>(s.size()) < digits)
+    s.insert(0, static_cast<std::size_t>(digits) - s.size(), '0');
+  return s;
+}
+
+// A numbered shard's name: model-00001-of-00002.safetensors.
+std::string shard_name(int k, int n) {
+  return "model-" + padded(k, 5) + "-of-" + padded(n, 5) + ".safetensors";
+}
+
+// Writes n shards and their index into `dir`, shards first.
+void write_sharded_safetensors(const fs::path& dir, int n) {
+  boost::json::object weight_map;
+  for (int k = 1; k <= n; ++k) {
+    write_file(dir / shard_name(k, n), safetensors_bytes(2, 8));
+    weight_map["model.layers." + std::to_string(k) + ".weight"] = shard_name(k, n);
+  }
+  write_file(
+      dir / "model.safetensors.index.json",
+      python_json(boost::json::object{{"metadata", boost::json::object{{"total_size", 64 * n}}},
+                                      {"weight_map", std::move(weight_map)}}) +
+          "\n");
+}
+
+std::int64_t wall_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+std::string tar_bytes(const std::vector<std::pair<std::string, std::string>>& members) {
+  std::string out;
+  for (const auto& [name, content] : members) {
+    out += tar_header(name, content.size());
+    out += content;
+    out.append((tar_block - content.size() % tar_block) % tar_block, '\0');
+  }
+  out.append(2 * tar_block, '\0');
+  out.append((tar_record - out.size() % tar_record) % tar_record, '\0');
+  return out;
+}
+
+void write_and_rename(const fs::path& staging, const fs::path& path, std::string_view bytes) {
+  write_file(staging, bytes);
+  fs::create_directories(path.parent_path());
+  fs::rename(staging, path);
+}
+
+double fixture_train_loss(std::int64_t step) {
+  return round4(0.75 + 1.25 * 200.0 / (200.0 + static_cast<double>(step)));
+}
+
+double fixture_validation_loss(std::int64_t epoch) {
+  return round4(0.9 + 1.3 / (1.0 + 0.7 * static_cast<double>(epoch)));
+}
+
+// ---------------------------------------------------------------------------
+// torchtune checkpointers
+
+torchtune_checkpointer_run::torchtune_checkpointer_run(fs::path output_dir,
+                                                       torchtune_checkpointer_options options)
+    : output_dir_(std::move(output_dir)), options_(std::move(options)) {
+  if (options_.dir_prefix != "epoch" && options_.dir_prefix != "step") {
+    throw std::logic_error("torchtune_checkpointer_run: dir_prefix must be epoch or step");
+  }
+  fs::create_directories(output_dir_);
+}
+
+torchtune_checkpointer_run::~torchtune_checkpointer_run() {
+  if (log_fd_ >= 0) ::close(log_fd_);
+}
+
+fs::path torchtune_checkpointer_run::checkpoint_dir(std::int64_t k) const {
+  return output_dir_ / (options_.dir_prefix + "_" + std::to_string(k));
+}
+
+void torchtune_checkpointer_run::train_steps(std::int64_t steps) {
+  if (log_fd_ < 0) {
+    fs::create_directories(output_dir_ / "logs");
+    log_path_ =
+        output_dir_ / "logs" /
+        ("log_" + std::to_string(std::time(nullptr)) + (options_.jsonl_log ? ".jsonl" : ".txt"));
+    log_fd_ = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (log_fd_ < 0) fail("cannot create", log_path_);
+  }
+  for (std::int64_t i = 0; i < steps; ++i) {
+    ++global_step_;
+    const std::string loss = python_float(loss_at(global_step_));
+    const std::string line =
+        options_.jsonl_log
+            ? "{\"step\": " + std::to_string(global_step_) + ", \"loss\": " + loss +
+                  ", \"lr\": 2e-05, \"tokens_per_second_per_gpu\": 1543.2}\n"
+            : "Step " + std::to_string(global_step_) + " | loss:" + loss +
+                  " lr:2e-05 tokens_per_second_per_gpu:1543.2 grad_norm:tensor(0.87, "
+                  "device='cuda:0') \n";
+    write_all(log_fd_, line, log_path_);
+  }
+}
+
+fs::path torchtune_checkpointer_run::begin_save(std::int64_t k) {
+  if (pending_) throw std::logic_error("torchtune_checkpointer_run: a save is pending");
+  pending_ = k;
+  const fs::path dir = checkpoint_dir(k);
+  write_sharded_safetensors(dir, options_.shards);
+  if (options_.lora) {
+    write_file(dir / "adapter_model.pt", zip_bytes(128));
+    fs::create_directories(dir / "adapter_model");  // torchtune's empty-folder quirk
+    write_file(dir / "adapter_model.safetensors", safetensors_bytes(4, 16));
+    write_file(
+        dir / "adapter_config.json",
+        R"({"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "peft_type": "LORA"})");
+  }
+  write_file(dir / "config.json", R"({"model_type": "llama", "hidden_size": 3072})");
+  write_file(dir / "generation_config.json", R"({"bos_token_id": 128000})");
+  write_file(dir / "tokenizer.json", R"({"version": "1.0"})");
+  return dir;
+}
+
+std::vector<fs::path> torchtune_checkpointer_run::finish_save(bool intermediate) {
+  if (!pending_) throw std::logic_error("torchtune_checkpointer_run: finish_save without begin");
+  if (intermediate) write_file(checkpoint_dir(*pending_) / "recipe_state.pt", zip_bytes(256));
+  saved_.push_back(*pending_);
+  pending_.reset();
+  std::vector<fs::path> pruned;
+  if (options_.keep_last_n <= 0) return pruned;
+  // Sorted by the number in the name; all but the newest N are removed.
+  std::vector<std::int64_t> present;
+  for (const auto k : saved_) {
+    if (fs::exists(checkpoint_dir(k))) present.push_back(k);
+  }
+  std::sort(present.begin(), present.end());
+  while (present.size() > static_cast<std::size_t>(options_.keep_last_n)) {
+    remove_tree(checkpoint_dir(present.front()));
+    pruned.push_back(checkpoint_dir(present.front()));
+    present.erase(present.begin());
+  }
+  return pruned;
+}
+
+fs::path torchtune_checkpointer_run::save(std::int64_t k, bool intermediate) {
+  auto dir = begin_save(k);
+  finish_save(intermediate);
+  return dir;
+}
+
+// ---------------------------------------------------------------------------
+// Lightning
+
+lightning_run::lightning_run(fs::path root, fs::path staging_dir, lightning_options options)
+    : version_dir_(std::move(root) / "lightning_logs" / "version_0"),
+      staging_dir_(std::move(staging_dir)),
+      options_(options) {
+  write_file(version_dir_ / "hparams.yaml", "lr: 2.0e-05\nbatch_size: 8\n");
+  fs::create_directories(version_dir_ / "checkpoints");
+  fs::create_directories(staging_dir_);
+}
+
+std::string lightning_run::checkpoint_name(std::int64_t epoch, std::int64_t step) const {
+  std::string name = "epoch=" + std::to_string(epoch) + "-step=" + std::to_string(step);
+  if (options_.val_loss_in_name) name += "-val_loss=" + two_decimals(name_val_loss(epoch));
+  return name + ".ckpt";
+}
+
+double lightning_run::name_val_loss(std::int64_t epoch) {
+  return std::stod(two_decimals(fixture_validation_loss(epoch)));
+}
+
+void lightning_run::log_epoch(std::int64_t epoch, std::int64_t step) {
+  csv_rows_.push_back(
+      {std::to_string(epoch), std::to_string(step), python_float(fixture_train_loss(step)), ""});
+  csv_rows_.push_back({std::to_string(epoch), std::to_string(step), "",
+                       python_float(fixture_validation_loss(epoch))});
+  write_csv();
+}
+
+void lightning_run::write_csv() const {
+  std::string text = "epoch,step,train_loss,val_loss\n";
+  for (const auto& row : csv_rows_)
+    text += row[0] + "," + row[1] + "," + row[2] + "," + row[3] + "\n";
+  write_file(version_dir_ / "metrics.csv", text);
+}
+
+void lightning_run::write_ckpt(const fs::path& path, std::size_t payload) {
+  const std::string bytes = zip_bytes(payload);
+  if (options_.rename_into_place) {
+    write_and_rename(staging_dir_ / ("tmp" + std::to_string(staged_++) + ".ckpt"), path, bytes);
+  } else {
+    // Straight to the final name: it grows in two writes (two closes).
+    write_file(path, std::string_view(bytes).substr(0, bytes.size() / 2));
+    write_file(path, bytes);
+  }
+}
+
+fs::path lightning_run::save(std::int64_t epoch, std::int64_t step) {
+  fs::path path = checkpoints_dir() / checkpoint_name(epoch, step);
+  for (int v = 1; fs::exists(path); ++v) {  // the version counter on a collision
+    const auto name = checkpoint_name(epoch, step);
+    path =
+        checkpoints_dir() / (name.substr(0, name.size() - 5) + "-v" + std::to_string(v) + ".ckpt");
+  }
+  write_ckpt(path, 256 + static_cast<std::size_t>(step % 97));
+  if (options_.save_last)
+    write_ckpt(checkpoints_dir() / "last.ckpt", 256 + static_cast<std::size_t>(step % 89));
+  keep_top(fixture_validation_loss(epoch), path);
+  return path;
+}
+
+void lightning_run::keep_top(double val_loss, const fs::path& path) {
+  top_.emplace_back(val_loss, path);
+  if (options_.save_top_k < 0 || top_.size() <= static_cast<std::size_t>(options_.save_top_k))
+    return;
+  auto worst = std::max_element(top_.begin(), top_.end(),
+                                [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::error_code ec;
+  fs::remove(worst->second, ec);
+  top_.erase(worst);
+}
+
+fs::path lightning_run::begin_copy(std::int64_t epoch, std::int64_t step) {
+  const fs::path path = checkpoints_dir() / checkpoint_name(epoch, step);
+  const std::string bytes = zip_bytes(512);
+  write_file(path, std::string_view(bytes).substr(0, bytes.size() / 2));
+  copying_ = path;
+  copying_epoch_ = epoch;
+  return path;
+}
+
+void lightning_run::finish_copy() {
+  if (!copying_) throw std::logic_error("lightning_run: finish_copy without begin_copy");
+  write_file(*copying_, zip_bytes(512));
+  keep_top(fixture_validation_loss(copying_epoch_), *copying_);
+  copying_.reset();
+}
+
+fs::path lightning_run::save_deepspeed_folder(std::int64_t epoch, std::int64_t step, bool finish) {
+  const fs::path dir = checkpoints_dir() / checkpoint_name(epoch, step);
+  write_file(dir / "checkpoint" / "mp_rank_00_model_states.pt", zip_bytes(256));
+  write_file(dir / "checkpoint" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", zip_bytes(128));
+  write_file(dir / "zero_to_fp32.py", "# recovery script\n");
+  if (finish) write_file(dir / "latest", "checkpoint");
+  return dir;
+}
+
+fs::path lightning_run::save_fsdp_folder(std::int64_t epoch, std::int64_t step, bool finish) {
+  const fs::path dir = checkpoints_dir() / checkpoint_name(epoch, step);
+  write_file(dir / "__0_0.distcp", std::string(300, 'a'));
+  write_file(dir / "__1_0.distcp", std::string(300, 'b'));
+  write_and_rename(dir / ".metadata.tmp", dir / ".metadata", std::string(64, 'm'));
+  if (finish) write_file(dir / "meta.pt", zip_bytes(64));
+  return dir;
+}
+
+// ---------------------------------------------------------------------------
+// DeepSpeed
+
+deepspeed_run::deepspeed_run(fs::path save_dir, deepspeed_options options)
+    : save_dir_(std::move(save_dir)), options_(options) {
+  fs::create_directories(save_dir_);
+}
+
+fs::path deepspeed_run::tag_dir(std::int64_t step) const {
+  return save_dir_ / ("global_step" + std::to_string(step));
+}
+
+fs::path deepspeed_run::begin_save(std::int64_t step) {
+  if (pending_) throw std::logic_error("deepspeed_run: a save is pending");
+  pending_ = step;
+  const fs::path dir = tag_dir(step);
+  write_file(dir / "mp_rank_00_model_states.pt", zip_bytes(512));
+  const int written = options_.data_parallel_ranks - (options_.late_last_rank ? 1 : 0);
+  for (int r = 0; r < written; ++r) {
+    write_file(dir / ("zero_pp_rank_" + std::to_string(r) + "_mp_rank_00_optim_states.pt"),
+               zip_bytes(256));
+  }
+  write_file(save_dir_ / "zero_to_fp32.py", "#!/usr/bin/env python\n# recovery script\n");
+  if (options_.late_last_rank) late_ = step;
+  return dir;
+}
+
+void deepspeed_run::finish_save() {
+  if (!pending_) throw std::logic_error("deepspeed_run: finish_save without begin_save");
+  write_file(save_dir_ / "latest", "global_step" + std::to_string(*pending_));
+  pending_.reset();
+}
+
+void deepspeed_run::land_late_shards() {
+  if (!late_) return;
+  const int r = options_.data_parallel_ranks - 1;
+  write_file(
+      tag_dir(*late_) / ("zero_pp_rank_" + std::to_string(r) + "_mp_rank_00_optim_states.pt"),
+      zip_bytes(256));
+  late_.reset();
+}
+
+fs::path deepspeed_run::save(std::int64_t step) {
+  auto dir = begin_save(step);
+  finish_save();
+  return dir;
+}
+
+void deepspeed_run::write_latest_raw(std::string_view text) {
+  write_file(save_dir_ / "latest", text);
+}
+
+// ---------------------------------------------------------------------------
+// Megatron-LM
+
+megatron_run::megatron_run(fs::path save_dir, megatron_options options)
+    : save_dir_(std::move(save_dir)), options_(options) {
+  fs::create_directories(save_dir_);
+}
+
+fs::path megatron_run::iteration_dir(std::int64_t iteration) const {
+  return save_dir_ / ("iter_" + padded(iteration, 7));
+}
+
+fs::path megatron_run::tracker() const { return save_dir_ / "latest_checkpointed_iteration.txt"; }
+
+fs::path megatron_run::begin_save(std::int64_t iteration) {
+  if (pending_) throw std::logic_error("megatron_run: a save is pending");
+  pending_ = iteration;
+  const fs::path dir = iteration_dir(iteration);
+  if (options_.dist_ckpt) {
+    for (int r = 0; r < options_.ranks; ++r) {
+      write_file(dir / ("__" + std::to_string(r) + "_0.distcp"), std::string(400, 'd'));
+    }
+    write_and_rename(dir / ".metadata.tmp", dir / ".metadata", std::string(96, 'm'));
+    write_file(
+        dir / "metadata.json",
+        R"({"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch", "common_backend_version": 1})");
+  } else {
+    for (int r = 0; r < options_.ranks; ++r) {
+      write_file(dir / ("mp_rank_0" + std::to_string(r)) / "model_optim_rng.pt", zip_bytes(300));
+    }
+  }
+  return dir;
+}
+
+std::vector<fs::path> megatron_run::finish_save() {
+  if (!pending_) throw std::logic_error("megatron_run: finish_save without begin_save");
+  const auto previous = tracked_;
+  write_file(tracker(), std::to_string(*pending_));
+  tracked_ = pending_;
+  pending_.reset();
+  std::vector<fs::path> deleted;
+  if (options_.retain_interval > 0 && previous && *previous % options_.retain_interval != 0) {
+    remove_tree(iteration_dir(*previous));
+    deleted.push_back(iteration_dir(*previous));
+  }
+  return deleted;
+}
+
+fs::path megatron_run::save(std::int64_t iteration) {
+  auto dir = begin_save(iteration);
+  finish_save();
+  return dir;
+}
+
+void megatron_run::write_tracker_raw(std::string_view text) { write_file(tracker(), text); }
+
+// ---------------------------------------------------------------------------
+// torchtitan / DCP
+
+torchtitan_run::torchtitan_run(fs::path dump_folder, torchtitan_options options)
+    : folder_(std::move(dump_folder) / "checkpoint"), options_(options) {
+  fs::create_directories(folder_);
+}
+
+fs::path torchtitan_run::step_dir(std::int64_t step) const {
+  return folder_ / ("step-" + std::to_string(step));
+}
+
+fs::path torchtitan_run::begin_save(std::int64_t step) {
+  if (pending_) throw std::logic_error("torchtitan_run: a save is pending");
+  pending_ = step;
+  const fs::path dir = step_dir(step);
+  for (int r = 0; r < options_.ranks; ++r) {
+    write_file(dir / ("__" + std::to_string(r) + "_0.distcp"),
+               std::string(500 + static_cast<std::size_t>(step % 13), static_cast<char>('a' + r)));
+  }
+  return dir;
+}
+
+std::vector<fs::path> torchtitan_run::finish_save() {
+  if (!pending_) throw std::logic_error("torchtitan_run: finish_save without begin_save");
+  const fs::path dir = step_dir(*pending_);
+  write_file(dir / ".metadata.tmp", std::string(128, 'M'));
+  std::error_code ec;
+  fs::remove(dir / ".metadata", ec);
+  fs::rename(dir / ".metadata.tmp", dir / ".metadata");
+  if (std::find(saved_.begin(), saved_.end(), *pending_) == saved_.end())
+    saved_.push_back(*pending_);
+  pending_.reset();
+  std::vector<fs::path> purged;
+  if (options_.keep_latest_k <= 0) return purged;
+  std::sort(saved_.begin(), saved_.end());
+  while (saved_.size() > static_cast<std::size_t>(options_.keep_latest_k)) {
+    remove_tree(step_dir(saved_.front()));
+    purged.push_back(step_dir(saved_.front()));
+    saved_.erase(saved_.begin());
+  }
+  return purged;
+}
+
+fs::path torchtitan_run::save(std::int64_t step) {
+  auto dir = begin_save(step);
+  finish_save();
+  return dir;
+}
+
+fs::path torchtitan_run::save_hf(std::int64_t step) {
+  const fs::path dir = step_dir(step);
+  const fs::path staging = dir / "sharded";
+  constexpr int shards = 2;
+  for (int k = 1; k <= shards; ++k)
+    write_file(staging / shard_name(k, shards), safetensors_bytes(2, 8));
+  for (int k = 1; k <= shards; ++k)
+    fs::rename(staging / shard_name(k, shards), dir / shard_name(k, shards));
+  boost::json::object weight_map;
+  for (int k = 1; k <= shards; ++k)
+    weight_map["layers." + std::to_string(k) + ".weight"] = shard_name(k, shards);
+  write_file(dir / "model.safetensors.index.json",
+             python_json(boost::json::object{{"weight_map", std::move(weight_map)}}) + "\n");
+  remove_tree(staging);
+  saved_.push_back(step);
+  return dir;
+}
+
+// ---------------------------------------------------------------------------
+// Orbax
+
+orbax_run::orbax_run(fs::path directory, orbax_options options)
+    : directory_(std::move(directory)), options_(std::move(options)) {
+  fs::create_directories(directory_);
+}
+
+fs::path orbax_run::step_dir(std::int64_t step) const {
+  const std::string number = padded(step, options_.step_digits);
+  return directory_ / (options_.step_prefix.empty() ? number : options_.step_prefix + "_" + number);
+}
+
+namespace {
+
+std::string orbax_metadata(const boost::json::object& metrics, std::int64_t init_ns,
+                           std::optional<std::int64_t> commit_ns) {
+  boost::json::object m{
+      {"item_handlers",
+       boost::json::object{
+           {"default",
+            "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler"}}},
+      {"metrics", metrics},
+      {"performance_metrics", boost::json::object{}},
+      {"init_timestamp_nsecs", init_ns},
+      {"commit_timestamp_nsecs",
+       commit_ns ? boost::json::value(*commit_ns) : boost::json::value(nullptr)},
+      {"custom_metadata", boost::json::object{}}};
+  return python_json(m);
+}
+
+void write_orbax_item(const fs::path& item) {
+  write_file(item / "_METADATA", R"j({"tree_metadata": {"('params',)": {"key_metadata": []}}})j");
+  write_file(item / "_sharding", "{}");
+  write_file(item / "d" / "0a1b2c3d", std::string(200, 'x'));
+  write_file(item / "manifest.ocdbt", std::string(64, 'o'));
+}
+
+}  // namespace
+
+fs::path orbax_run::begin_save(std::int64_t step, boost::json::object metrics) {
+  if (pending_) throw std::logic_error("orbax_run: a save is pending");
+  pending_ = step;
+  pending_metrics_ = metrics;
+  const fs::path final_dir = step_dir(step);
+  const std::int64_t init_ns = wall_ns();
+  if (options_.protocol == orbax_protocol::atomic_rename) {
+    const fs::path tmp = final_dir.string() + ".orbax-checkpoint-tmp";
+    // Item folders carry the suffix too, and are renamed inside the tmp folder.
+    write_orbax_item(tmp / "default.orbax-checkpoint-tmp");
+    fs::rename(tmp / "default.orbax-checkpoint-tmp", tmp / "default");
+    if (!metrics.empty()) write_file(tmp / "metrics" / "metrics", python_json(metrics));
+    write_file(tmp / "_CHECKPOINT_METADATA", orbax_metadata(metrics, init_ns, std::nullopt));
+    return tmp;
+  }
+  write_file(final_dir / "_CHECKPOINT_METADATA", orbax_metadata(metrics, init_ns, std::nullopt));
+  write_orbax_item(final_dir / "default");
+  if (!metrics.empty()) write_file(final_dir / "metrics" / "metrics", python_json(metrics));
+  return final_dir;
+}
+
+std::vector<fs::path> orbax_run::finish_save() {
+  if (!pending_) throw std::logic_error("orbax_run: finish_save without begin_save");
+  const std::int64_t step = *pending_;
+  const fs::path final_dir = step_dir(step);
+  const std::int64_t commit_ns = wall_ns();
+  const fs::path dir = options_.protocol == orbax_protocol::atomic_rename
+                           ? fs::path(final_dir.string() + ".orbax-checkpoint-tmp")
+                           : final_dir;
+  write_file(dir / "_CHECKPOINT_METADATA",
+             orbax_metadata(pending_metrics_, commit_ns - 1000, commit_ns));
+  if (options_.commit_success_file) {
+    write_file(dir / "commit_success.txt",
+               "Checkpoint commit was successful to " + final_dir.string());
+  }
+  if (options_.protocol == orbax_protocol::atomic_rename) fs::rename(dir, final_dir);
+  saved_.emplace_back(step, commit_ns);
+  pending_.reset();
+  std::vector<fs::path> removed;
+  if (options_.max_to_keep <= 0) return removed;
+  std::size_t present = 0;
+  for (const auto& entry : saved_) present += fs::exists(step_dir(entry.first)) ? 1 : 0;
+  for (const auto& entry : saved_) {
+    if (present <= static_cast<std::size_t>(options_.max_to_keep)) break;
+    if (!fs::exists(step_dir(entry.first))) continue;
+    remove_tree(step_dir(entry.first));
+    removed.push_back(step_dir(entry.first));
+    --present;
+  }
+  return removed;
+}
+
+fs::path orbax_run::save(std::int64_t step, boost::json::object metrics) {
+  begin_save(step, std::move(metrics));
+  finish_save();
+  return step_dir(step);
+}
+
+std::int64_t orbax_run::commit_timestamp_ns(std::int64_t step) const {
+  for (const auto& [s, ns] : saved_) {
+    if (s == step) return ns;
+  }
+  throw std::logic_error("orbax_run: no such step saved");
+}
+
+// ---------------------------------------------------------------------------
+// NeMo
+
+nemo_run::nemo_run(fs::path checkpoints_dir, nemo_options options)
+    : dir_(std::move(checkpoints_dir)), options_(std::move(options)) {
+  fs::create_directories(dir_);
+}
+
+std::string nemo_run::dist_name(double val_loss, std::int64_t epoch, std::int64_t consumed,
+                                bool last) const {
+  return options_.name + "--val_loss=" + four_decimals(val_loss) +
+         "-epoch=" + std::to_string(epoch) + "-consumed_samples=" + std::to_string(consumed) +
+         ".0" + (last ? "-last" : "");
+}
+
+fs::path nemo_run::marker_of(const fs::path& checkpoint) const {
+  std::string name = checkpoint.filename().string();
+  for (const std::string_view ext : {".ckpt", ".nemo"}) {
+    if (name.size() > ext.size() && name.ends_with(ext)) name.resize(name.size() - ext.size());
+  }
+  return checkpoint.parent_path() / (name + "-unfinished");
+}
+
+namespace {
+
+void write_nemo2_checkpoint(const fs::path& dir) {
+  write_file(dir / "weights" / "__0_0.distcp", std::string(300, 'w'));
+  write_file(dir / "weights" / "__1_0.distcp", std::string(300, 'v'));
+  write_and_rename(dir / "weights" / ".metadata.tmp", dir / "weights" / ".metadata",
+                   std::string(80, 'm'));
+  write_file(dir / "weights" / "metadata.json", R"({"sharded_backend": "torch_dist"})");
+  write_file(dir / "context" / "io.json", R"({"root": {"type": "ref"}})");
+  write_file(dir / "context" / "model.yaml", "_target_: nemo.collections.llm.gpt.model.GPTModel\n");
+}
+
+}  // namespace
+
+fs::path nemo_run::begin_save(std::int64_t epoch, std::int64_t consumed) {
+  if (pending_) throw std::logic_error("nemo_run: a save is pending");
+  const fs::path dir = dir_ / dist_name(val_loss_at(epoch), epoch, consumed);
+  write_file(marker_of(dir), "");
+  write_nemo2_checkpoint(dir);
+  pending_ = dir;
+  top_.emplace_back(val_loss_at(epoch), dir);
+  return dir;
+}
+
+std::vector<fs::path> nemo_run::finish_save() {
+  if (!pending_) throw std::logic_error("nemo_run: finish_save without begin_save");
+  const fs::path dir = *pending_;
+  pending_.reset();
+  fs::remove(marker_of(dir));
+  std::vector<fs::path> removed;
+  if (options_.save_last) {
+    // The previous "-last" goes, the new one is a copy; both under a marker.
+    std::vector<fs::path> old_last;
+    for (const auto& entry : fs::directory_iterator(dir_)) {
+      const auto name = entry.path().filename().string();
+      if (entry.is_directory() && name.ends_with("-last")) old_last.push_back(entry.path());
+    }
+    for (const auto& path : old_last) {
+      write_file(marker_of(path), "");
+      remove_tree(path);
+      fs::remove(marker_of(path));
+      removed.push_back(path);
+    }
+    const fs::path last = dir.string() + "-last";
+    write_file(marker_of(last), "");
+    write_nemo2_checkpoint(last);
+    fs::remove(marker_of(last));
+  }
+  if (options_.save_top_k > 0 && top_.size() > static_cast<std::size_t>(options_.save_top_k)) {
+    auto worst = std::max_element(top_.begin(), top_.end(),
+                                  [](const auto& a, const auto& b) { return a.first < b.first; });
+    write_file(marker_of(worst->second), "");
+    remove_tree(worst->second);
+    fs::remove(marker_of(worst->second));
+    removed.push_back(worst->second);
+    top_.erase(worst);
+  }
+  return removed;
+}
+
+fs::path nemo_run::save(std::int64_t epoch, std::int64_t consumed) {
+  auto dir = begin_save(epoch, consumed);
+  finish_save();
+  return dir;
+}
+
+fs::path nemo_run::save_ckpt(std::int64_t epoch) {
+  const fs::path path = dir_ / (options_.name + "--val_loss=" + four_decimals(val_loss_at(epoch)) +
+                                "-epoch=" + std::to_string(epoch) + ".ckpt");
+  write_file(marker_of(path), "");
+  write_file(path, zip_bytes(300));
+  fs::remove(marker_of(path));
+  return path;
+}
+
+fs::path nemo_run::begin_nemo() {
+  const fs::path path = dir_ / (options_.name + ".nemo");
+  if (fs::exists(path)) fs::rename(path, dir_ / (options_.name + "-v1.nemo"));
+  const std::string bytes = tar_bytes({{"./model_config.yaml", "trainer:\n  devices: 1\n"},
+                                       {"./model_weights.ckpt", zip_bytes(2048)},
+                                       {"./tokenizer.model", std::string(700, 't')}});
+  write_file(path, std::string_view(bytes).substr(0, 1536));
+  nemo_pending_ = true;
+  return path;
+}
+
+void nemo_run::finish_nemo() {
+  if (!nemo_pending_) throw std::logic_error("nemo_run: finish_nemo without begin_nemo");
+  const std::string bytes = tar_bytes({{"./model_config.yaml", "trainer:\n  devices: 1\n"},
+                                       {"./model_weights.ckpt", zip_bytes(2048)},
+                                       {"./tokenizer.model", std::string(700, 't')}});
+  write_file(dir_ / (options_.name + ".nemo"), bytes);
+  std::error_code ec;
+  fs::remove(dir_ / (options_.name + "-v1.nemo"), ec);
+  nemo_pending_ = false;
 }
 
 }  // namespace ckptd::test

@@ -406,10 +406,10 @@ metric_role role_of_metric(std::string_view name) {
 }
 
 std::optional<store::training_metrics> metrics_if_known(std::int64_t epoch,
-                                                         std::optional<double> train_loss,
-                                                         std::optional<double> validation_loss,
-                                                         std::optional<double> perplexity,
-                                                         std::string& note) {
+                                                        std::optional<double> train_loss,
+                                                        std::optional<double> validation_loss,
+                                                        std::optional<double> perplexity,
+                                                        std::string& note) {
   if (!train_loss || !validation_loss) {
     note = !train_loss && !validation_loss ? "no training or validation loss recorded"
            : !validation_loss              ? "no validation loss recorded"

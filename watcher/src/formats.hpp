@@ -125,10 +125,10 @@ metric_role role_of_metric(std::string_view name);
 // training and validation losses are both known and every value is finite.
 // Otherwise nullopt, with `note` saying what was missing (for the log).
 std::optional<store::training_metrics> metrics_if_known(std::int64_t epoch,
-                                                         std::optional<double> train_loss,
-                                                         std::optional<double> validation_loss,
-                                                         std::optional<double> perplexity,
-                                                         std::string& note);
+                                                        std::optional<double> train_loss,
+                                                        std::optional<double> validation_loss,
+                                                        std::optional<double> perplexity,
+                                                        std::string& note);
 
 // ---------------------------------------------------------------------------
 // Archives

@@ -57,8 +57,7 @@ class candidate_view {
   //
   // Up to `length` bytes from `offset` of the regular file at `rel`; fewer
   // when it is shorter, nullopt when it is missing, unreadable or refused.
-  virtual std::optional<std::string> read_beside(int up, std::string_view rel,
-                                                 std::uint64_t offset,
+  virtual std::optional<std::string> read_beside(int up, std::string_view rel, std::uint64_t offset,
                                                  std::uint64_t length) const {
     (void)up, (void)rel, (void)offset, (void)length;
     return std::nullopt;
@@ -85,8 +84,9 @@ struct recognition {
   std::int64_t step = -1;
   std::optional<store::training_metrics> metrics;
   std::int64_t completed_at_ns = 0;  // from the disk: mtime of the completing file
-  std::string fingerprint;          // changes when the checkpoint is rewritten in place
-  std::string problem;              // why incomplete or why metrics are missing, for the log; empty if nothing is wrong
+  std::string fingerprint;           // changes when the checkpoint is rewritten in place
+  std::string
+      problem;  // why incomplete or why metrics are missing, for the log; empty if nothing is wrong
 };
 
 class layout {

@@ -139,8 +139,8 @@ struct column_role {
 
 column_role role_of_column(std::string_view name) {
   if (auto role = role_of_metric(name); role != metric_role::none) return {role, 0};
-  for (const auto& [tail, rank] : {std::pair{std::string_view("_epoch"), 1},
-                                   std::pair{std::string_view("_step"), 2}}) {
+  for (const auto& [tail, rank] :
+       {std::pair{std::string_view("_epoch"), 1}, std::pair{std::string_view("_step"), 2}}) {
     if (name.size() > tail.size() && name.ends_with(tail)) {
       const auto role = role_of_metric(name.substr(0, name.size() - tail.size()));
       if (role != metric_role::none) return {role, rank};
@@ -259,14 +259,15 @@ class lightning final : public layout {
 
  private:
   static bool judge_file(const candidate_view& c, recognition& r) {
-    const auto& self = c.files().front();
+    const auto* found = find_file(c, "");
+    if (!found) return false;  // gone since it was listed
+    const auto& self = *found;
     if (auto p = zip_problem(c, self); !p.empty()) {
       r.problem = std::move(p);
       return false;
     }
     r.completed_at_ns = self.mtime_ns;
-    r.fingerprint =
-        "lightning:" + std::to_string(self.size) + ":" + std::to_string(self.mtime_ns);
+    r.fingerprint = "lightning:" + std::to_string(self.size) + ":" + std::to_string(self.mtime_ns);
     return true;
   }
 
@@ -293,8 +294,9 @@ class lightning final : public layout {
     const auto tag = trim_ascii(*text);
     const auto* tag_dir = tag.empty() ? nullptr : find_file(c, tag);
     if (!tag_dir || !tag_dir->is_dir || tag.find('/') != std::string_view::npos) {
-      if (!tag.empty()) r.problem = "latest names \"" + std::string(tag.substr(0, 64)) +
-                                    "\", which is not a tag folder here";
+      if (!tag.empty())
+        r.problem = "latest names \"" + std::string(tag.substr(0, 64)) +
+                    "\", which is not a tag folder here";
       return false;
     }
     hash.add(*latest);

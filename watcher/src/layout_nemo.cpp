@@ -126,7 +126,9 @@ class nemo final : public layout {
     if (k == kind::folder) {
       if (!judge_folder(c, r)) return r;
     } else {
-      const auto& self = c.files().front();
+      const auto* found = find_file(c, "");
+      if (!found) return r;  // gone since it was listed
+      const auto& self = *found;
       if (k == kind::nemo_file && is_gzip(c, self)) {
         r.verdict = state::settling;
       } else {

@@ -1,7 +1,8 @@
 // Orbax (JAX) CheckpointManager step folders:
 //
 //   <directory>/
-//     1000/                        the step; "<prefix>_1000" with step_prefix; zero padding optional
+//     1000/                        the step; "<prefix>_1000" with step_prefix; zero padding
+//     optional
 //       _CHECKPOINT_METADATA       JSON: item_handlers, metrics, init_timestamp_nsecs,
 //                                  commit_timestamp_nsecs, custom_metadata, ...
 //       default/ | state/ | <item>/   one folder per item (_METADATA, manifest.ocdbt, d/ ...)
@@ -24,8 +25,11 @@
 // _CHECKPOINT_METADATA is this layout's marker: a folder holding it is
 // Orbax's whatever its name ("step_100" is torchtune's only without it).
 //
-// step: the number in the name (-1 when the folder was claimed by the marker
-// under another name). epoch: the "epoch" metric when the user saved one,
+// Names claimed: a number (zero padding allowed), or "<prefix>_<N>" for the
+// prefixes in claimed_prefixes (see there why not any prefix).
+//
+// step: the number at the end of the name (-1 when the folder was claimed
+// by the marker under a name without one). epoch: the "epoch" metric when the user saved one,
 // else 0. Metrics: metrics/metrics and the "metrics" of
 // _CHECKPOINT_METADATA (the file wins), keys by role_of_metric ("loss",
 // "train_loss", "eval_loss", "val_loss", ...). created_at: the commit
@@ -49,12 +53,32 @@ constexpr std::string_view metrics_file = "metrics/metrics";
 constexpr std::uint64_t max_metadata_bytes = 16ull << 20;
 constexpr std::uint64_t max_metrics_bytes = 4ull << 20;
 
-// "1000", "0001000", or "<prefix>_1000" (prefix: anything non-empty).
+// step_prefix values claimed by name. Orbax accepts any prefix, but the
+// engine neither descends into a folder it treats as a candidate nor looks
+// for checkpoints inside one, and "<word>_<N>" is how many tools name their
+// own folders (Lightning's "version_0", sweeps' "run_3", "trial_7",
+// "seed_42"): claiming them all would hide every checkpoint below them. So
+// only prefixes that name checkpoints are claimed; an Orbax folder with
+// another prefix is still recognised when another layout claims its name
+// and its _CHECKPOINT_METADATA marker is there.
+constexpr std::array<std::string_view, 5> claimed_prefixes = {"step", "ckpt", "checkpoint", "epoch",
+                                                              "iter"};
+
+// "1000", "0001000", or "<prefix>_1000" (zero padding allowed).
 std::optional<std::int64_t> step_of(std::string_view name) {
   if (auto n = parse_decimal(name, /*allow_padding=*/true)) return n;
   const auto underscore = name.rfind('_');
   if (underscore == std::string_view::npos || underscore == 0) return std::nullopt;
   return parse_decimal(name.substr(underscore + 1), /*allow_padding=*/true);
+}
+
+bool is_claimed_name(std::string_view name) {
+  if (parse_decimal(name, /*allow_padding=*/true)) return true;
+  const auto underscore = name.rfind('_');
+  if (underscore == std::string_view::npos || !step_of(name)) return false;
+  const auto prefix = name.substr(0, underscore);
+  return std::find(claimed_prefixes.begin(), claimed_prefixes.end(), prefix) !=
+         claimed_prefixes.end();
 }
 
 // An item folder of a pre-metadata Orbax save: one level down, Orbax's own
@@ -70,8 +94,7 @@ bool has_legacy_item(const candidate_view& c) {
 }
 
 std::optional<boost::json::object> read_json_object(const candidate_view& c, const file_info& f,
-                                                    std::uint64_t max_bytes,
-                                                    std::string& problem) {
+                                                    std::uint64_t max_bytes, std::string& problem) {
   const auto text = read_small_file(c, f, max_bytes, problem);
   if (!text) return std::nullopt;
   boost::system::error_code ec;
@@ -88,7 +111,7 @@ class orbax final : public layout {
   std::string_view name() const override { return "orbax"; }
   int specificity() const override { return orbax_specificity; }
   bool claims_name(std::string_view name, bool is_dir) const override {
-    return is_dir && step_of(name).has_value();
+    return is_dir && is_claimed_name(name);
   }
   std::string_view marker_file() const override { return orbax_metadata_file; }
 
@@ -180,8 +203,7 @@ class orbax final : public layout {
     std::string note;
     const auto& train = losses[0];
     const auto& validation = losses[1];
-    r.metrics = metrics_if_known(r.epoch, train, validation,
-                                 losses[2], note);
+    r.metrics = metrics_if_known(r.epoch, train, validation, losses[2], note);
     if (!r.metrics && train && validation) r.problem = std::move(note);
   }
 };

@@ -277,8 +277,8 @@ class torchtune_epoch final : public layout {
     if (logs.size() > max_logs_read) logs.resize(max_logs_read);
     for (const auto& log : logs) {
       const std::uint64_t length = std::min(log.size, max_log_read_bytes);
-      auto text = c.read_beside(0, std::string(log_folder) + "/" + log.rel, log.size - length,
-                                length);
+      auto text =
+          c.read_beside(0, std::string(log_folder) + "/" + log.rel, log.size - length, length);
       if (!text) continue;
       std::string_view body = *text;
       if (length < log.size) {  // started mid-line: skip to the first whole one

@@ -34,10 +34,16 @@ bool is_nemo_backup(std::string_view name) {
 // order only keeps the choice deterministic should two ever be equal.
 const std::vector<const layout*>& all_layouts() {
   static const std::vector<const layout*> layouts = {
-      &manifest_layout(),        &hf_trainer_layout(), &nemo_layout(),
-      &megatron_layout(),        &deepspeed_layout(),  &dcp_layout(),
-      &torchtune_epoch_layout(), &llama_stack_torchtune_layout(),
-      &lightning_layout(),       &orbax_layout(),
+      &manifest_layout(),
+      &hf_trainer_layout(),
+      &nemo_layout(),
+      &megatron_layout(),
+      &deepspeed_layout(),
+      &dcp_layout(),
+      &torchtune_epoch_layout(),
+      &llama_stack_torchtune_layout(),
+      &lightning_layout(),
+      &orbax_layout(),
   };
   return layouts;
 }
@@ -110,10 +116,12 @@ bool is_staging_name(std::string_view name) {
 //        20 llama-stack-torchtune  <model>-sft-<k>, <model>-dpo-<k>
 //        15 lightning         *.ckpt files and folders: any name, hence below
 //                             every pattern with more structure
-//         5 orbax             <N> (zero padding allowed) and <prefix>_<N>:
-//                             the most generic names of all, so the lowest;
-//                             a bare number is reported only with Orbax's
-//                             own completion files in it
+//         5 orbax             <N> (zero padding allowed) and <prefix>_<N>
+//                             for checkpoint-like prefixes (step, ckpt,
+//                             checkpoint, epoch, iter): the most generic
+//                             names of all, so the lowest; a bare number is
+//                             reported only with Orbax's own completion
+//                             files in it
 //     Patterns not listed as overlapping are disjoint by construction
 //     ("checkpoint-<digits>" cannot end in "-sft-<digits>").
 //  4. Equal specificities are broken by the order of all_layouts(): earlier

@@ -866,7 +866,7 @@ class watcher::impl {
       js.memos.erase(path);
       return {};
     }
-    std::uint64_t hash = listing_hash(*view);
+    std::uint64_t hash = with_sibling_inputs(listing_hash(*view), path, *view);
     auto memo_it = js.memos.find(path);
     if (memo_it != js.memos.end() && memo_it->second.listing_hash == hash) {
       auto known = js.known.find(path);
@@ -896,6 +896,33 @@ class watcher::impl {
       mix(&f.is_dir, sizeof f.is_dir);
       mix(&f.size, sizeof f.size);
       mix(&f.mtime_ns, sizeof f.mtime_ns);
+    }
+    return h;
+  }
+
+  // Mixes into a listing hash the files beside the candidate that a layout
+  // claiming it reads (layout::sibling_inputs): DeepSpeed's "latest",
+  // Megatron's tracker, NeMo's "-unfinished" marker. Their change alone must
+  // invalidate the memo, in inotify and in polling mode alike.
+  static std::uint64_t with_sibling_inputs(std::uint64_t h, const std::string& path,
+                                           const candidate_view& view) {
+    auto mix = [&h](const void* data, std::size_t n) {
+      auto* p = static_cast<const unsigned char*>(data);
+      for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+    };
+    const std::string parent = parent_of(path);
+    for (const layout* l : all_layouts()) {
+      if (!l->claims_name(view.name(), view.is_dir())) continue;
+      for (const auto& sibling : l->sibling_inputs(view.name(), view.is_dir())) {
+        struct stat st {};
+        const bool present = ::lstat((parent + "/" + sibling).c_str(), &st) == 0;
+        const std::int64_t mtime =
+            present ? st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec : -1;
+        const std::int64_t size = present ? st.st_size : -1;
+        mix(sibling.data(), sibling.size() + 1);
+        mix(&mtime, sizeof mtime);
+        mix(&size, sizeof size);
+      }
     }
     return h;
   }
