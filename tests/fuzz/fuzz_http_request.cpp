@@ -95,8 +95,7 @@ std::string_view header_value(const http::request<http::string_body>& req, http:
   return it == req.end() ? std::string_view() : std::string_view(it->value());
 }
 
-std::string_view header_value(const http::request<http::string_body>& req,
-                              std::string_view name) {
+std::string_view header_value(const http::request<http::string_body>& req, std::string_view name) {
   const auto it = req.find(name);
   return it == req.end() ? std::string_view() : std::string_view(it->value());
 }

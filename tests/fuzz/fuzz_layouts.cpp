@@ -98,8 +98,7 @@ class fuzz_view final : public w::candidate_view {
       if (words.size() < 2) continue;
       next_mtime += 1'000'000;
       const auto mtime_at = [&](std::size_t k) {
-        return words.size() > k ? number<std::int64_t>(words[k]).value_or(next_mtime)
-                                : next_mtime;
+        return words.size() > k ? number<std::int64_t>(words[k]).value_or(next_mtime) : next_mtime;
       };
       const std::string_view kind = words[0];
       if (kind == "F" || kind == "D") {
@@ -243,7 +242,9 @@ void publish(const fuzz_view& view, const w::recognition& r) {
   c.created_at_ns = r.completed_at_ns;
   c.metrics = r.metrics;
   c.fingerprint = r.fingerprint;
-  const auto bodies = ckptd::api::job_json("job", {c}, ckptd::api::job_status{"in_progress"});
+  ckptd::api::job_status status;
+  status.status = "in_progress";
+  const auto bodies = ckptd::api::job_json("job", {c}, status);
   boost::system::error_code ec;
   const auto value = boost::json::parse(bodies.artifacts, ec);
   if (ec || !value.is_object()) invariant_failed("artifacts body does not parse", bodies.artifacts);
