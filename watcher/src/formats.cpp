@@ -550,4 +550,21 @@ std::string fingerprint_hash::hex() const {
   return out;
 }
 
+bool complete_when_whole_zips(const candidate_view& c,
+                              const std::vector<const file_info*>& archives, std::string_view tag,
+                              recognition& r) {
+  fingerprint_hash hash;
+  for (const auto* f : archives) {
+    if (auto p = zip_problem(c, *f); !p.empty()) {
+      r.problem = std::move(p);
+      return false;
+    }
+    hash.add(*f);
+    r.completed_at_ns = std::max(r.completed_at_ns, f->mtime_ns);
+  }
+  r.verdict = state::complete;
+  r.fingerprint = std::string(tag) + ":" + std::to_string(archives.size()) + ":" + hash.hex();
+  return true;
+}
+
 }  // namespace ckptd::watcher

@@ -158,4 +158,13 @@ class fingerprint_hash {
   std::uint64_t state_ = 0xcbf29ce484222325ull;
 };
 
+// Judges a checkpoint made of torch.save archives (DeepSpeed's model states,
+// Megatron's legacy mp_rank_* files): complete when every one of `archives`
+// is a whole ZIP. Then sets the verdict, completed_at_ns (the newest mtime)
+// and a fingerprint "<tag>:<count>:<hash of names, sizes, mtimes>" in `r` and
+// returns true; otherwise sets r.problem and returns false.
+bool complete_when_whole_zips(const candidate_view& c,
+                              const std::vector<const file_info*>& archives, std::string_view tag,
+                              recognition& r);
+
 }  // namespace ckptd::watcher

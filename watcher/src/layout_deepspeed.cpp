@@ -103,17 +103,7 @@ class deepspeed final : public layout {
       r.problem = "latest names this tag or a newer one, but it holds no *model_states.pt";
       return r;
     }
-    fingerprint_hash hash;
-    for (const auto* f : states) {
-      if (auto p = zip_problem(c, *f); !p.empty()) {
-        r.problem = std::move(p);
-        return r;
-      }
-      hash.add(*f);
-      r.completed_at_ns = std::max(r.completed_at_ns, f->mtime_ns);
-    }
-    r.verdict = state::complete;
-    r.fingerprint = "deepspeed:" + std::to_string(states.size()) + ":" + hash.hex();
+    complete_when_whole_zips(c, states, "deepspeed", r);
     return r;
   }
 };

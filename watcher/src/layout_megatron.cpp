@@ -135,17 +135,7 @@ class megatron final : public layout {
                   std::string(legacy_weights_name);
       return r;
     }
-    fingerprint_hash hash;
-    for (const auto* f : legacy) {
-      if (auto p = zip_problem(c, *f); !p.empty()) {
-        r.problem = std::move(p);
-        return r;
-      }
-      hash.add(*f);
-      r.completed_at_ns = std::max(r.completed_at_ns, f->mtime_ns);
-    }
-    r.verdict = state::complete;
-    r.fingerprint = "megatron-legacy:" + std::to_string(legacy.size()) + ":" + hash.hex();
+    complete_when_whole_zips(c, legacy, "megatron-legacy", r);
     return r;
   }
 };
