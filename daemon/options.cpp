@@ -2,9 +2,11 @@
 
 #include <boost/program_options.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 
 namespace ckptd::daemon {
 namespace {
@@ -52,9 +54,9 @@ po::options_description describe() {
      "on every route but /healthz and /readyz")
     ("cors-origin", po::value<std::vector<std::string>>()->value_name("ORIGIN"),
      "let browser pages from ORIGIN call the API (repeatable; '*' for any)")
-    ("max-connections", po::value<std::size_t>()->value_name("N")->default_value(4096),
+    ("max-connections", po::value<long long>()->value_name("N")->default_value(4096),
      "most connections open at once; more get 503")
-    ("rate-clients", po::value<std::size_t>()->value_name("N")->default_value(10000),
+    ("rate-clients", po::value<long long>()->value_name("N")->default_value(10000),
      "most client addresses the rate limiter tracks (idle ones are evicted first)")
     ("rebuild-index", "move the index (--db) aside and rebuild it from the disk")
     ("demo", po::value<std::string>()->value_name("DIR"),
@@ -168,6 +170,23 @@ std::string where(const std::optional<std::string>& file, std::string_view key) 
   return line == 0 ? std::string() : " (" + *file + " line " + std::to_string(line) + ")";
 }
 
+// Boost.Program_options 1.81 builds its error messages by substituting
+// "%canonical_option%"-style placeholders until none is left; an option name
+// or value that itself holds such a sequence makes that loop endless. Such
+// text is refused before the parser sees it.
+bool has_placeholder(std::string_view text) {
+  for (auto open = text.find('%'); open != std::string_view::npos;
+       open = text.find('%', open + 1)) {
+    auto close = text.find('%', open + 1);
+    if (close == std::string_view::npos) return false;
+    auto name = text.substr(open + 1, close - open - 1);
+    if (!name.empty() && std::all_of(name.begin(), name.end(),
+                                     [](char c) { return (c >= 'a' && c <= 'z') || c == '_'; }))
+      return true;
+  }
+  return false;
+}
+
 std::chrono::milliseconds seconds_option(double seconds) {
   return std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000));
 }
@@ -268,16 +287,19 @@ bool interpret(const po::variables_map& vm, settings& out) {
     }
   }
   if (vm.count("cors-origin")) out.cors_origins = vm["cors-origin"].as<std::vector<std::string>>();
-  out.max_connections = vm["max-connections"].as<std::size_t>();
-  if (out.max_connections < 1) {
-    why = "must be at least 1";
-    return fail("max-connections", "0");
+  // Read signed: an unsigned option would take "-1" as a huge count.
+  const long long connections = vm["max-connections"].as<long long>();
+  if (connections < 1 || connections > 1'000'000) {
+    why = "must be from 1 to 1000000";
+    return fail("max-connections", std::to_string(connections));
   }
-  out.rate_clients = vm["rate-clients"].as<std::size_t>();
-  if (out.rate_clients < 1) {
-    why = "must be at least 1";
-    return fail("rate-clients", "0");
+  out.max_connections = static_cast<std::size_t>(connections);
+  const long long clients = vm["rate-clients"].as<long long>();
+  if (clients < 1 || clients > 10'000'000) {
+    why = "must be from 1 to 10000000";
+    return fail("rate-clients", std::to_string(clients));
   }
+  out.rate_clients = static_cast<std::size_t>(clients);
   out.rebuild_index = vm.count("rebuild-index") > 0;
   if (vm.count("demo")) out.demo_dir = vm["demo"].as<std::string>();
   if (out.watch.empty() && out.jobs.empty() && !out.demo_dir) {
@@ -293,6 +315,12 @@ bool interpret(const po::variables_map& vm, settings& out) {
 outcome parse(int argc, char** argv, settings& out) {
   const auto description = describe();
   po::variables_map vm;
+  for (int i = 1; i < argc; ++i) {
+    if (has_placeholder(argv[i])) {
+      std::cerr << "ckptd: '%name%' sequences are not allowed in options: " << argv[i] << "\n";
+      return outcome::exit_failure;
+    }
+  }
   try {
     po::store(po::parse_command_line(argc, argv, description), vm);
     if (vm.count("help")) {
@@ -314,8 +342,21 @@ outcome parse(int argc, char** argv, settings& out) {
         std::cerr << "ckptd: cannot read config file " << path << "\n";
         return outcome::exit_failure;
       }
+      std::stringstream text;
+      text << file.rdbuf();
+      std::istringstream lines(text.str());
+      int number = 0;
+      for (std::string line; std::getline(lines, line);) {
+        ++number;
+        if (has_placeholder(line)) {
+          std::cerr << "ckptd: '%name%' sequences are not allowed (" << path << " line " << number
+                    << ")\n";
+          return outcome::exit_failure;
+        }
+      }
       // Stored after the command line, so options given there win.
-      po::store(po::parse_config_file(file, description, /*allow_unregistered=*/false), vm);
+      std::istringstream config(text.str());
+      po::store(po::parse_config_file(config, description, /*allow_unregistered=*/false), vm);
     }
     po::notify(vm);
   } catch (const po::error_with_option_name& e) {
