@@ -125,7 +125,8 @@ def details(kv, meta):
         lines += ["", "### 1. Serving (wrk, keep-alive, "
                   f"{meta['serve'].get('wrk', '')})", "",
                   "| case | req/s | p50 ms | p99 ms | max ms | bytes/resp | server CPU µs/req "
-                  "| other procs % | runs (req/s) |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| other procs % | irq+softirq % | runs (req/s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for case in ("serve.small.ckptd", "serve.small.nginx", "serve.small.ckptd_304",
                      "serve.large.ckptd", "serve.large.nginx", "serve.large.ckptd_304",
                      "flood.small.ckptd_429"):
@@ -136,7 +137,8 @@ def details(kv, meta):
                 fmt(num(kv, case + ".p99_ms")), fmt(num(kv, case + ".max_ms")),
                 fmt(num(kv, case + ".bytes_per_resp")),
                 fmt(num(kv, case + ".server_cpu_us_per_req")),
-                fmt(num(kv, case + ".foreign_pct"), digits=2), kv.get(case + ".all_rps", ""))
+                fmt(num(kv, case + ".foreign_pct"), digits=2),
+                fmt(num(kv, case + ".softirq_pct"), digits=2), kv.get(case + ".all_rps", ""))
         lines.append("")
         lines.append(f"Bodies: 10 checkpoints = {kv.get('serve.small.body_bytes', '?')} B, "
                      f"1,000 checkpoints = {kv.get('serve.large.body_bytes', '?')} B (identity; "
