@@ -211,7 +211,7 @@ def details(kv, meta):
                 row(label, fmt(num(kv, key), unit))
     if "million" in meta:
         n = kv.get("million.checkpoints", "?")
-        lines += ["", f"### 3b. Polling mode at scale ({n} checkpoints asked: "
+        lines += ["", f"### 3b. Polling mode at scale: {n} checkpoints (asked for "
                   f"{kv.get('million.asked', '?')})", "", "| measure | value |", "|---|---|"]
         for key, label, unit in (
                 ("million.checkpoints", "checkpoints generated", ""),
