@@ -153,6 +153,7 @@ class fingerprint_hash {
   // A file's rel, size and mtime: changes when it is rewritten.
   void add(const file_info& f);
   std::string hex() const;
+  std::uint64_t value() const { return state_; }
 
  private:
   std::uint64_t state_ = 0xcbf29ce484222325ull;

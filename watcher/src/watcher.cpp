@@ -19,6 +19,7 @@
 #include <ckptd/metrics.hpp>
 #include <ckptd/watcher.hpp>
 
+#include "formats.hpp"
 #include "job_status.hpp"
 #include "layout.hpp"
 
@@ -866,7 +867,7 @@ class watcher::impl {
       js.memos.erase(path);
       return {};
     }
-    std::uint64_t hash = with_sibling_inputs(listing_hash(*view), path, *view);
+    std::uint64_t hash = listing_hash(path, *view);
     auto memo_it = js.memos.find(path);
     if (memo_it != js.memos.end() && memo_it->second.listing_hash == hash) {
       auto known = js.known.find(path);
@@ -884,47 +885,33 @@ class watcher::impl {
     return verdict;
   }
 
-  // FNV-1a over names, kinds, sizes and mtimes of everything in the view.
-  static std::uint64_t listing_hash(const candidate_view& view) {
-    std::uint64_t h = 1469598103934665603ull;
-    auto mix = [&h](const void* data, std::size_t n) {
-      auto* p = static_cast<const unsigned char*>(data);
-      for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-    };
+  // A hash of everything the judgement of a candidate rests on: the names,
+  // kinds, sizes and mtimes of everything in its view, and the files beside it
+  // that a layout claiming it reads (layout::sibling_inputs: DeepSpeed's
+  // "latest", Megatron's tracker, NeMo's "-unfinished" marker), whose change
+  // alone must invalidate the memo, in inotify and in polling mode alike.
+  static std::uint64_t listing_hash(const std::string& path, const candidate_view& view) {
+    fingerprint_hash hash;
     for (const auto& f : view.files()) {
-      mix(f.rel.data(), f.rel.size() + 1);
-      mix(&f.is_dir, sizeof f.is_dir);
-      mix(&f.size, sizeof f.size);
-      mix(&f.mtime_ns, sizeof f.mtime_ns);
+      hash.add(f);
+      hash.add(std::uint64_t{f.is_dir});
     }
-    return h;
-  }
-
-  // Mixes into a listing hash the files beside the candidate that a layout
-  // claiming it reads (layout::sibling_inputs): DeepSpeed's "latest",
-  // Megatron's tracker, NeMo's "-unfinished" marker. Their change alone must
-  // invalidate the memo, in inotify and in polling mode alike.
-  static std::uint64_t with_sibling_inputs(std::uint64_t h, const std::string& path,
-                                           const candidate_view& view) {
-    auto mix = [&h](const void* data, std::size_t n) {
-      auto* p = static_cast<const unsigned char*>(data);
-      for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-    };
     const std::string parent = parent_of(path);
     for (const layout* l : all_layouts()) {
       if (!l->claims_name(view.name(), view.is_dir())) continue;
       for (const auto& sibling : l->sibling_inputs(view.name(), view.is_dir())) {
         struct stat st {};
         const bool present = ::lstat((parent + "/" + sibling).c_str(), &st) == 0;
-        const std::int64_t mtime =
-            present ? st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec : -1;
-        const std::int64_t size = present ? st.st_size : -1;
-        mix(sibling.data(), sibling.size() + 1);
-        mix(&mtime, sizeof mtime);
-        mix(&size, sizeof size);
+        hash.add(sibling);
+        hash.add(std::uint64_t{present});
+        if (present) {
+          hash.add(static_cast<std::uint64_t>(st.st_size));
+          hash.add(
+              static_cast<std::uint64_t>(st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec));
+        }
       }
     }
-    return h;
+    return hash.value();
   }
 
   static recognition remembered(const store::checkpoint& cp) {
