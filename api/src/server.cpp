@@ -36,12 +36,12 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/http/buffer_body.hpp>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/serializer.hpp>
+#include <boost/beast/http/status.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 
@@ -84,8 +84,15 @@ constexpr std::size_t idle_read_bytes = 4096;
 // RST can destroy the response before the client has read it).
 constexpr auto linger_time = std::chrono::seconds(1);
 constexpr std::size_t linger_bytes = 256 * 1024;
-// Connections turned away with 503 at once; beyond this they are just closed.
-constexpr std::size_t max_rejecting = 64;
+// Connections over max_connections are answered with one pre-built 503 and
+// closed. Each costs a socket, a coroutine frame and about 1 KiB for at most
+// reject_write_time + linger_time; at most max_rejecting are turned away at
+// once (about 32 MiB at the bound). Beyond it the accept loop pauses for
+// accept_pause_while_rejecting: the kernel's listen queue holds the newcomers,
+// and they get their 503 a moment later instead of a bare close.
+constexpr std::size_t max_rejecting = 16384;
+constexpr auto reject_write_time = std::chrono::seconds(2);
+constexpr auto accept_pause_while_rejecting = std::chrono::milliseconds(10);
 // Pause after an accept failure such as EMFILE, so the loop does not spin.
 constexpr auto accept_retry_delay = std::chrono::milliseconds(100);
 // Accept failures are logged at most once per this interval.
@@ -188,6 +195,69 @@ std::string http_date(std::time_t t) {
   return std::string(text, static_cast<std::size_t>(n));
 }
 
+// The status line and header block of `res`, ending with the blank line.
+// Written by hand rather than through beast::http::fields: a response is one
+// string append per header, with no field table to allocate and walk. `date`
+// may be empty (a 5xx may go without Date, RFC 9110 section 6.6.1).
+std::string serialize_head(const response& res, unsigned version, bool keep_alive,
+                           std::string_view date) {
+  std::string out;
+  out.reserve(256);
+  const auto line = [&out](std::string_view name, std::string_view value) {
+    out += name;
+    out += ": ";
+    out += value;
+    out += "\r\n";
+  };
+  out += version >= 11 ? "HTTP/1.1 " : "HTTP/1.0 ";
+  json_text::append_integer(out, res.status);
+  out += ' ';
+  out += http::obsolete_reason(static_cast<http::status>(res.status));
+  out += "\r\n";
+  line("Server", "ckptd");
+  if (!date.empty()) line("Date", date);
+  // 204 and 304 have no body and no length of their own; HEAD announces the
+  // GET's length.
+  const bool bodiless = res.status == 304 || res.status == 204;
+  if (!bodiless) line("Content-Type", res.content_type);
+  if (!res.content_encoding.empty()) line("Content-Encoding", res.content_encoding);
+  if (!res.etag.empty()) line("ETag", res.etag);
+  if (!res.cache_control.empty()) line("Cache-Control", res.cache_control);
+  if (!res.vary.empty()) line("Vary", res.vary);
+  if (!res.allow.empty()) line("Allow", res.allow);
+  if (!res.www_authenticate.empty()) line("WWW-Authenticate", res.www_authenticate);
+  if (!res.preference_applied.empty()) line("Preference-Applied", res.preference_applied);
+  for (const auto& [name, value] : res.cors) line(name, value);
+  if (res.retry_after > std::chrono::nanoseconds::zero()) {
+    out += "Retry-After: ";
+    json_text::append_integer(out, retry_after_seconds(res.retry_after));
+    out += "\r\nretry-after-ms: ";
+    json_text::append_integer(out, retry_after_milliseconds(res.retry_after));
+    out += "\r\n";
+  }
+  // HTTP/1.1 keeps the connection unless told; HTTP/1.0 closes unless told.
+  if (version >= 11 && !keep_alive) line("Connection", "close");
+  if (version < 11 && keep_alive) line("Connection", "keep-alive");
+  if (!bodiless) {
+    out += "Content-Length: ";
+    json_text::append_integer(out, static_cast<std::int64_t>(res.body->size()));
+    out += "\r\n";
+  }
+  out += "\r\n";
+  return out;
+}
+
+// The whole answer to a connection over max_connections, built once: it is
+// the same bytes every time, and a burst of them should cost only a write.
+const std::string& too_many_connections_bytes() {
+  static const std::string bytes = [] {
+    response res = error_response(503, "ckptd has too many open connections; try again later.");
+    res.retry_after = busy_retry_after;
+    return serialize_head(res, 11, /*keep_alive=*/false, /*date=*/{}) + *res.body;
+  }();
+  return bytes;
+}
+
 std::string_view header_value(const http::request<http::string_body>& req, http::field f) {
   const auto it = req.find(f);
   return it == req.end() ? std::string_view() : std::string_view(it->value());
@@ -196,6 +266,12 @@ std::string_view header_value(const http::request<http::string_body>& req, http:
 std::string_view header_value(const http::request<http::string_body>& req, std::string_view name) {
   const auto it = req.find(name);
   return it == req.end() ? std::string_view() : std::string_view(it->value());
+}
+
+// The buffer a connection's unread input is drained into before it closes.
+net::mutable_buffer drain_buffer(beast::flat_buffer& buffer) {
+  buffer.clear();
+  return buffer.prepare(idle_read_bytes);
 }
 
 // What one store read for a replaying client found.
@@ -322,7 +398,7 @@ class server::impl : public std::enable_shared_from_this<impl> {
   // frames own the connection, buffer and request they are given.
   net::awaitable<bool> write(connection& conn, const response& res, unsigned version,
                              bool keep_alive, std::chrono::milliseconds timeout);
-  static net::awaitable<void> linger_and_close(connection& conn, beast::flat_buffer& buffer);
+  static net::awaitable<void> linger_and_close(connection& conn, net::mutable_buffer scratch);
   net::awaitable<response> hold(const http::request<http::string_body>& req, response res);
   net::awaitable<bool> replay(subscriber& sub, std::optional<std::uint64_t> last_event_id,
                               bool chunked);
@@ -522,9 +598,14 @@ net::awaitable<void> server::impl::accept_loop(std::shared_ptr<impl> self,
     if (peer_ec) continue;  // already gone
     auto conn = std::make_shared<connection>(std::move(socket));
     if (self->connections_ >= self->opts_.max_connections) {
-      if (self->rejecting_ >= max_rejecting) continue;  // closed as conn goes
       ++self->rejecting_;
       net::co_spawn(self->ctx_, reject(self, std::move(conn)), log_exception);
+      // At the bound, the next connection waits in the listen queue until a
+      // rejection ends (see max_rejecting).
+      while (self->rejecting_ >= max_rejecting && !self->stopping_) {
+        net::steady_timer pause(self->ctx_, accept_pause_while_rejecting);
+        co_await pause.async_wait(use_tuple);
+      }
       continue;
     }
     ++self->connections_;
@@ -535,14 +616,17 @@ net::awaitable<void> server::impl::accept_loop(std::shared_ptr<impl> self,
 net::awaitable<void> server::impl::reject(std::shared_ptr<impl> self,
                                           std::shared_ptr<connection> conn) {
   registration reg(*self, conn.get(), self->rejecting_);
-  response res = error_response(503, "ckptd has too many open connections; try again later.");
-  res.retry_after = busy_retry_after;
-  beast::flat_buffer buffer;
-  const auto timeout =
-      std::min<std::chrono::milliseconds>(self->opts_.write_timeout, std::chrono::seconds(5));
-  if (co_await self->write(*conn, res, 11, /*keep_alive=*/false, timeout)) {
-    co_await linger_and_close(*conn, buffer);
-  }
+  // Answered at once, without reading the request: the 503 is the same
+  // whatever was asked, and a client reads it after sending its request.
+  const std::string& bytes = too_many_connections_bytes();
+  conn->writing = true;
+  conn->stream.expires_after(reject_write_time);
+  auto [ec, n] = co_await net::async_write(conn->stream, net::buffer(bytes), use_tuple);
+  conn->writing = false;
+  if (ec) co_return;
+  // A small buffer of its own: the request (if any) is only read to be dropped.
+  std::array<char, 512> scratch;
+  co_await linger_and_close(*conn, net::buffer(scratch));
 }
 
 void server::impl::arm_deadline(const std::shared_ptr<connection>& conn) {
@@ -615,7 +699,7 @@ net::awaitable<void> server::impl::serve(std::shared_ptr<impl> self,
         co_return;
       }
       if (co_await self->write(*conn, res, 11, /*keep_alive=*/false, opts.write_timeout)) {
-        co_await linger_and_close(*conn, buffer);
+        co_await linger_and_close(*conn, drain_buffer(buffer));
       }
       co_return;
     }
@@ -655,7 +739,7 @@ net::awaitable<void> server::impl::serve(std::shared_ptr<impl> self,
       self->finish(res, req);
       self->count(res, started);
       if (co_await self->write(*conn, res, version, /*keep_alive=*/false, opts.write_timeout)) {
-        co_await linger_and_close(*conn, buffer);
+        co_await linger_and_close(*conn, drain_buffer(buffer));
       }
       co_return;
     }
@@ -678,7 +762,7 @@ net::awaitable<void> server::impl::serve(std::shared_ptr<impl> self,
         self->finish(res, parser.get());
         self->count(res, started);
         if (co_await self->write(*conn, res, version, /*keep_alive=*/false, opts.write_timeout)) {
-          co_await linger_and_close(*conn, buffer);
+          co_await linger_and_close(*conn, drain_buffer(buffer));
         }
         co_return;
       }
@@ -707,7 +791,7 @@ net::awaitable<void> server::impl::serve(std::shared_ptr<impl> self,
     if (!sent) co_return;
     if (!keep_alive) break;
   }
-  co_await linger_and_close(*conn, buffer);
+  co_await linger_and_close(*conn, drain_buffer(buffer));
 }
 
 response server::impl::respond(const http::request<http::string_body>& req) {
@@ -966,52 +1050,27 @@ std::string server::impl::render_metrics() const {
 
 net::awaitable<bool> server::impl::write(connection& conn, const response& res, unsigned version,
                                          bool keep_alive, std::chrono::milliseconds timeout) {
-  http::response<http::buffer_body> msg{static_cast<http::status>(res.status), version};
-  msg.set(http::field::server, "ckptd");
-  msg.set(http::field::date, date());
+  const std::string head = serialize_head(res, version, keep_alive, date());
   const bool bodiless = res.status == 304 || res.status == 204;
-  if (!bodiless) msg.set(http::field::content_type, res.content_type);
-  if (!res.content_encoding.empty()) msg.set(http::field::content_encoding, res.content_encoding);
-  if (!res.etag.empty()) msg.set(http::field::etag, res.etag);
-  if (!res.cache_control.empty()) msg.set(http::field::cache_control, res.cache_control);
-  if (!res.vary.empty()) msg.set(http::field::vary, res.vary);
-  if (!res.allow.empty()) msg.set(http::field::allow, res.allow);
-  if (!res.www_authenticate.empty()) msg.set(http::field::www_authenticate, res.www_authenticate);
-  if (!res.preference_applied.empty()) msg.set("Preference-Applied", res.preference_applied);
-  for (const auto& [name, value] : res.cors) msg.set(name, value);
-  if (res.retry_after > std::chrono::nanoseconds::zero()) {
-    msg.set(http::field::retry_after, std::to_string(retry_after_seconds(res.retry_after)));
-    msg.set("retry-after-ms", std::to_string(retry_after_milliseconds(res.retry_after)));
-  }
-  msg.keep_alive(keep_alive);
-  // 204 and 304 have no body and no length of their own; HEAD announces the
-  // GET's length.
-  if (!bodiless) msg.content_length(res.body->size());
-  if (res.send_body && !bodiless && !res.body->empty()) {
-    // buffer_body only reads through this pointer; the shared body outlives the write.
-    msg.body().data = const_cast<char*>(res.body->data());
-    msg.body().size = res.body->size();
-  } else {
-    msg.body().data = nullptr;
-    msg.body().size = 0;
-  }
-  msg.body().more = false;
-
+  const bool with_body = res.send_body && !bodiless && !res.body->empty();
+  // One gather write: the shared body is sent from where it is cached.
+  const std::array<net::const_buffer, 2> buffers{
+      net::buffer(head), with_body ? net::buffer(*res.body) : net::const_buffer()};
   conn.writing = true;
   conn.stream.expires_after(timeout);
-  auto [ec, n] = co_await http::async_write(conn.stream, msg, use_tuple);
+  auto [ec, n] = co_await net::async_write(conn.stream, buffers, use_tuple);
   conn.writing = false;
   co_return !ec;
 }
 
-net::awaitable<void> server::impl::linger_and_close(connection& conn, beast::flat_buffer& buffer) {
+// Unread input is read into `scratch` and dropped.
+net::awaitable<void> server::impl::linger_and_close(connection& conn, net::mutable_buffer scratch) {
   error_code ignored;
   conn.stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
   conn.stream.expires_after(linger_time);
   std::size_t drained = 0;
   while (drained < linger_bytes) {
-    buffer.clear();
-    auto [ec, n] = co_await conn.stream.async_read_some(buffer.prepare(idle_read_bytes), use_tuple);
+    auto [ec, n] = co_await conn.stream.async_read_some(scratch, use_tuple);
     if (ec) break;
     drained += n;
   }
