@@ -1848,6 +1848,41 @@ BOOST_AUTO_TEST_CASE(server_bounds_long_poll_waiters, *boost::unit_test::timeout
   BOOST_TEST(first.read().result_int() == 200);
 }
 
+// A held long-poll whose client closes the connection gives its waiter slot
+// back at once, not when its wait (50 s here) runs out; a client that
+// pipelines a request behind its long-poll is still held, then answered.
+BOOST_AUTO_TEST_CASE(server_releases_long_poll_slot_when_client_leaves,
+                     *boost::unit_test::timeout(60)) {
+  api::options opts = unlimited();
+  opts.max_waiters = 1;
+  running_server s(opts);
+  s.srv.publish("job-1", {});
+  const std::string target = "/v1/post-training/job/artifacts?job_uuid=job-1";
+  client first(s.srv.port());
+  http::response<http::string_body> plain;
+  poll_until([&] {
+    plain = first.get(target);
+    return plain.result_int() == 200;
+  });
+  const std::string held_request =
+      "GET " + target + " HTTP/1.1\r\nHost: x\r\nIf-None-Match: " + header(plain, "ETag") +
+      "\r\nPrefer: wait=";
+  const double before = ckptd::metrics::long_poll_waiters.value();
+  first.send(held_request + "50\r\n\r\n");
+  BOOST_TEST(eventually([&] { return ckptd::metrics::long_poll_waiters.value() > before; }));
+  first.socket.close();
+  BOOST_TEST(eventually([&] { return ckptd::metrics::long_poll_waiters.value() == before; }));
+
+  // The one slot is free again: this wait is held (not 503), and the request
+  // pipelined behind it is answered after it.
+  client second(s.srv.port());
+  second.send(held_request + "1\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto held = second.read();
+  BOOST_TEST(held.result_int() == 304);
+  BOOST_TEST(header(held, "Preference-Applied") == "wait=1");
+  BOOST_TEST(second.read().result_int() == 200);
+}
+
 BOOST_AUTO_TEST_CASE(server_streams_live_events, *boost::unit_test::timeout(60)) {
   api::options opts = unlimited();
   opts.heartbeat_interval = 50ms;

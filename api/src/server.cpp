@@ -274,6 +274,33 @@ net::mutable_buffer drain_buffer(beast::flat_buffer& buffer) {
   return buffer.prepare(idle_read_bytes);
 }
 
+// Whether a held long-poll's client is still there. The hold's timer is
+// cancelled when the client goes; `timer` is null once the hold is over, so a
+// late completion touches nothing.
+struct peer_watch {
+  net::steady_timer* timer = nullptr;
+  bool gone = false;
+};
+
+// Waits (without reading) until the socket is readable. Readable with nothing
+// to read means the peer closed or reset: the hold ends and its waiter slot is
+// given back at once, not when the wait runs out. Bytes waiting (a pipelined
+// request) end the watch, since they belong to the next request.
+void watch_peer(tcp::socket& socket, std::shared_ptr<peer_watch> watch) {
+  socket.async_wait(tcp::socket::wait_read, [&socket, watch](error_code ec) {
+    if (ec || watch->timer == nullptr) return;  // cancelled: the hold is over
+    char byte = 0;
+    const ssize_t n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) return;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      watch_peer(socket, std::move(watch));
+      return;
+    }
+    watch->gone = true;
+    watch->timer->cancel();
+  });
+}
+
 // What one store read for a replaying client found.
 struct replay_page {
   bool failed = false;
@@ -399,7 +426,9 @@ class server::impl : public std::enable_shared_from_this<impl> {
   net::awaitable<bool> write(connection& conn, const response& res, unsigned version,
                              bool keep_alive, std::chrono::milliseconds timeout);
   static net::awaitable<void> linger_and_close(connection& conn, net::mutable_buffer scratch);
-  net::awaitable<response> hold(const http::request<http::string_body>& req, response res);
+  net::awaitable<std::optional<response>> hold(connection& conn,
+                                               const http::request<http::string_body>& req,
+                                               response res);
   net::awaitable<bool> replay(subscriber& sub, std::optional<std::uint64_t> last_event_id,
                               bool chunked);
   net::awaitable<bool> flush(subscriber& sub, bool chunked);
@@ -770,7 +799,11 @@ net::awaitable<void> server::impl::serve(std::shared_ptr<impl> self,
     disarm_deadline(*conn);
 
     response res = self->respond(parser.get());
-    if (res.wait.count() > 0) res = co_await self->hold(parser.get(), std::move(res));
+    if (res.wait.count() > 0) {
+      auto held = co_await self->hold(*conn, parser.get(), std::move(res));
+      if (!held) co_return;  // the client went away while held
+      res = std::move(*held);
+    }
     if (res.events) {
       if (self->subscribers_.size() >= opts.max_subscribers) {
         res = error_response(503, "Too many event streams are open; try again later.");
@@ -828,9 +861,10 @@ void server::impl::count(const response& res, steady_clock::time_point started) 
 }
 
 // Holds a 304 that asked to wait ("Prefer: wait=N"), answering as soon as the
-// body it names changes, or with the 304 once the wait is over.
-net::awaitable<response> server::impl::hold(const http::request<http::string_body>& req,
-                                            response res) {
+// body it names changes, or with the 304 once the wait is over. Nothing (and
+// the slot back at once) when the client closes the connection meanwhile.
+net::awaitable<std::optional<response>> server::impl::hold(
+    connection& conn, const http::request<http::string_body>& req, response res) {
   if (waiters_.size() >= opts_.max_waiters) {
     response busy = error_response(503, "Too many requests are waiting for changes; try again.");
     busy.route = res.route;
@@ -842,9 +876,13 @@ net::awaitable<response> server::impl::hold(const http::request<http::string_bod
   net::steady_timer timer(ctx_);
   const auto entry = waiters_.emplace(res.wait_key, &timer);
   metrics::long_poll_waiters.inc();
+  auto watch = std::make_shared<peer_watch>();
+  watch->timer = &timer;
+  watch_peer(conn.stream.socket(), watch);
   while (!stopping_) {
     timer.expires_at(deadline);
     auto [ec] = co_await timer.async_wait(use_tuple);
+    if (watch->gone) break;
     // Woken (cancelled) by a change to the body, by stop(), or the wait is
     // over: either way the answer is whatever the body is now.
     response next = respond(req);
@@ -854,8 +892,12 @@ net::awaitable<response> server::impl::hold(const http::request<http::string_bod
       break;
     }
   }
+  watch->timer = nullptr;
+  error_code ignored;
+  conn.stream.socket().cancel(ignored);  // ends the watch if still pending
   waiters_.erase(entry);
   metrics::long_poll_waiters.dec();
+  if (watch->gone) co_return std::nullopt;
   res.wait = std::chrono::seconds(0);
   res.wait_key.clear();
   res.preference_applied = "wait=" + std::to_string(wait.count());

@@ -74,8 +74,8 @@ struct options {
 
   // Requests held at once by "Prefer: wait=N" long-polls; beyond it such a
   // request gets 503 with Retry-After: 1 at once (a 304 would invite an
-  // immediate re-poll). A held request whose client has gone away keeps its
-  // place until its wait ends. Default: 1024.
+  // immediate re-poll). A held request whose client closes the connection
+  // gives its place back at once. Default: 1024.
   std::size_t max_waiters = 1024;
   // Longest wait a "Prefer: wait=N" long-poll gets (larger N are cut to it).
   // Default: 300 s.
