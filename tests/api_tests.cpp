@@ -1481,6 +1481,42 @@ BOOST_AUTO_TEST_CASE(router_gzip_and_etags_per_encoding) {
   BOOST_TEST(call(jobs, req).content_encoding.empty());
 }
 
+// The status body the server publishes shares the artifacts body's
+// checkpoints array: it must read exactly as the whole status body, with an
+// ETag of its own, and its gzip encoding (made on first use) must be of the
+// whole.
+BOOST_AUTO_TEST_CASE(status_body_shares_the_checkpoints_of_the_artifacts_body) {
+  api::job_status st;
+  st.status = "in_progress";
+  st.started_at_ns = 1795946918123456789;
+  const auto full = api::job_json("big", many_checkpoints(20), st);
+  const auto shared = api::shared_job_json("big", many_checkpoints(20), st);
+  BOOST_TEST(shared.artifacts == full.artifacts);
+  const auto artifacts = api::make_cached_body(shared.artifacts);
+  const auto status = api::make_status_body(shared.status_head, artifacts, shared.checkpoints_at);
+  BOOST_TEST(status->text() == full.status);
+  BOOST_TEST(status->size() == full.status.size());
+  BOOST_TEST(status->etag != artifacts->etag);
+  BOOST_TEST(gunzip(status->gzip_bytes()) == full.status);
+
+  api::catalog jobs;
+  jobs.put("big", artifacts, status);
+  api::request req{"GET", "/v1/post-training/job/status?job_uuid=big"};
+  const auto plain = call(jobs, req);
+  BOOST_TEST(*plain.body + std::string(plain.body_tail) == full.status);
+  req.accept_encoding = "gzip";
+  const auto zipped = call(jobs, req);
+  BOOST_TEST(zipped.content_encoding == "gzip");
+  BOOST_TEST(zipped.body_tail.empty());
+  BOOST_TEST(gunzip(*zipped.body) == full.status);
+
+  // Another status over the same checkpoints is another version.
+  st.status = "completed";
+  const auto done = api::shared_job_json("big", many_checkpoints(20), st);
+  BOOST_TEST(api::make_status_body(done.status_head, artifacts, done.checkpoints_at)->etag !=
+             status->etag);
+}
+
 BOOST_AUTO_TEST_CASE(router_long_poll_flags) {
   api::catalog jobs;
   jobs.put("j", api::make_cached_body("A"), api::make_cached_body("S"));

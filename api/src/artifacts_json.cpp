@@ -26,33 +26,41 @@ void append_time(std::string& out, std::string_view key, std::int64_t ns) {
 
 }  // namespace
 
-job_bodies job_json(std::string_view job_uuid, std::vector<store::checkpoint> checkpoints,
-                    const job_status& status) {
+shared_job_bodies shared_job_json(std::string_view job_uuid,
+                                  std::vector<store::checkpoint> checkpoints,
+                                  const job_status& status) {
   json_text::order_checkpoints(checkpoints);
   std::string uuid;
   json_text::append_string(uuid, job_uuid);
-  std::string items;
-  json_text::append_checkpoints(items, checkpoints, job_uuid);
 
-  job_bodies out;
-  out.artifacts.reserve(uuid.size() + items.size() + 32);
+  shared_job_bodies out;
   out.artifacts += "{\"job_uuid\":";
   out.artifacts += uuid;
   out.artifacts += ",\"checkpoints\":";
-  out.artifacts += items;
+  out.checkpoints_at = out.artifacts.size();
+  json_text::append_checkpoints(out.artifacts, checkpoints, job_uuid);
   out.artifacts += '}';
+  // Kept for as long as the job does not change: no spare capacity.
+  out.artifacts.shrink_to_fit();
 
-  out.status.reserve(uuid.size() + items.size() + 128);
-  out.status += "{\"job_uuid\":";
-  out.status += uuid;
-  out.status += ",\"status\":\"";
-  out.status += status_word(status.status);
-  out.status += '"';
-  if (status.started_at_ns) append_time(out.status, "started_at", *status.started_at_ns);
-  if (status.completed_at_ns) append_time(out.status, "completed_at", *status.completed_at_ns);
-  out.status += ",\"checkpoints\":";
-  out.status += items;
-  out.status += '}';
+  out.status_head += "{\"job_uuid\":";
+  out.status_head += uuid;
+  out.status_head += ",\"status\":\"";
+  out.status_head += status_word(status.status);
+  out.status_head += '"';
+  if (status.started_at_ns) append_time(out.status_head, "started_at", *status.started_at_ns);
+  if (status.completed_at_ns) append_time(out.status_head, "completed_at", *status.completed_at_ns);
+  out.status_head += ",\"checkpoints\":";
+  return out;
+}
+
+job_bodies job_json(std::string_view job_uuid, std::vector<store::checkpoint> checkpoints,
+                    const job_status& status) {
+  shared_job_bodies shared = shared_job_json(job_uuid, std::move(checkpoints), status);
+  job_bodies out;
+  out.status = std::move(shared.status_head);
+  out.status += std::string_view(shared.artifacts).substr(shared.checkpoints_at);
+  out.artifacts = std::move(shared.artifacts);
   return out;
 }
 

@@ -34,6 +34,18 @@ struct job_bodies {
                                   std::vector<store::checkpoint> checkpoints,
                                   const job_status& status);
 
+// The same two bodies, the status one split to share the checkpoints array
+// with the artifacts one: the status body is status_head followed by
+// artifacts from checkpoints_at on (see make_status_body).
+struct shared_job_bodies {
+  std::string artifacts;
+  std::string status_head;
+  std::size_t checkpoints_at = 0;
+};
+[[nodiscard]] shared_job_bodies shared_job_json(std::string_view job_uuid,
+                                                std::vector<store::checkpoint> checkpoints,
+                                                const job_status& status);
+
 // PostTrainingJobArtifactsResponse alone (as job_json().artifacts).
 [[nodiscard]] std::string artifacts_json(std::string_view job_uuid,
                                          std::vector<store::checkpoint> checkpoints);

@@ -12,10 +12,12 @@
 namespace ckptd::api {
 namespace {
 
-// FNV-1a, 64 bits: stable across runs and builds, so a client's ETag stays
-// valid over a daemon restart when the body has not changed.
-std::uint64_t fnv1a(std::string_view bytes) {
-  std::uint64_t hash = 0xcbf29ce484222325ULL;
+constexpr std::uint64_t fnv_offset_basis = 0xcbf29ce484222325ULL;
+
+// FNV-1a, 64 bits, continuing from `hash`: stable across runs and builds, so
+// a client's ETag stays valid over a daemon restart when the body has not
+// changed.
+std::uint64_t fnv1a(std::string_view bytes, std::uint64_t hash = fnv_offset_basis) {
   for (char c : bytes) {
     hash ^= static_cast<unsigned char>(c);
     hash *= 0x100000001b3ULL;
@@ -26,44 +28,94 @@ std::uint64_t fnv1a(std::string_view bytes) {
 // zlib's windowBits: 15 for the largest window, +16 for a gzip wrapper.
 constexpr int gzip_window_bits = 15 + 16;
 constexpr int gzip_memory_level = 8;
+// Z_BEST_SPEED: on a 310 KB artifacts body (1,000 checkpoints) level 1 took
+// 1.6 ms and left 17.8 % of the bytes, the default level 6 took 3.5 ms for
+// 15.6 %. Bodies are compressed on the HTTP thread, so speed wins.
+constexpr int gzip_level = Z_BEST_SPEED;
 
-}  // namespace
-
-std::string gzip(std::string_view bytes) {
-  if (bytes.size() > std::numeric_limits<uInt>::max()) return {};
-  z_stream z{};
-  if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, gzip_window_bits, gzip_memory_level,
-                   Z_DEFAULT_STRATEGY) != Z_OK) {
-    return {};
-  }
-  std::string out(deflateBound(&z, static_cast<uLong>(bytes.size())) + 32, '\0');
-  // zlib's API is not const-correct; it only reads next_in.
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(bytes.data()));
-  z.avail_in = static_cast<uInt>(bytes.size());
-  z.next_out = reinterpret_cast<Bytef*>(out.data());
-  z.avail_out = static_cast<uInt>(out.size());
-  const int rc = deflate(&z, Z_FINISH);
-  out.resize(z.total_out);
-  deflateEnd(&z);
-  if (rc != Z_STREAM_END) return {};
-  return out;
-}
-
-std::shared_ptr<const cached_body> make_cached_body(std::string bytes) {
+std::shared_ptr<cached_body> with_etag(std::uint64_t hash, std::size_t size) {
   // The length goes in too: it costs nothing and separates bodies whose
   // hashes collide but whose sizes differ.
   char etag[48];
   const int n = std::snprintf(etag, sizeof etag, "\"%016llx-%zx\"",
-                              static_cast<unsigned long long>(fnv1a(bytes)), bytes.size());
+                              static_cast<unsigned long long>(hash), size);
   auto body = std::make_shared<cached_body>();
   body->etag.assign(etag, static_cast<std::size_t>(n));
-  if (bytes.size() >= gzip_min_bytes) {
-    body->gzip_bytes = gzip(bytes);
-    if (!body->gzip_bytes.empty()) {
-      body->gzip_etag = body->etag.substr(0, body->etag.size() - 1) + "-gz\"";
-    }
+  body->hash = hash;
+  return body;
+}
+
+}  // namespace
+
+std::string_view cached_body::tail() const {
+  if (!shared_tail) return {};
+  return std::string_view(shared_tail->bytes).substr(tail_offset);
+}
+
+std::string cached_body::text() const {
+  std::string out = bytes;
+  out += tail();
+  return out;
+}
+
+const std::string& cached_body::gzip_bytes() const {
+  if (!gzip_made_) {
+    gzip_made_ = true;
+    if (size() >= gzip_min_bytes) gzip_bytes_ = gzip(bytes, tail());
   }
+  return gzip_bytes_;
+}
+
+std::string gzip_etag(std::string_view etag) {
+  std::string out(etag.substr(0, etag.size() - 1));
+  out += "-gz\"";
+  return out;
+}
+
+std::string gzip(std::string_view head, std::string_view tail) {
+  if (head.size() + tail.size() > std::numeric_limits<uInt>::max()) return {};
+  z_stream z{};
+  if (deflateInit2(&z, gzip_level, Z_DEFLATED, gzip_window_bits, gzip_memory_level,
+                   Z_DEFAULT_STRATEGY) != Z_OK) {
+    return {};
+  }
+  std::string out(deflateBound(&z, static_cast<uLong>(head.size() + tail.size())) + 32, '\0');
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  // zlib's API is not const-correct; it only reads next_in.
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(head.data()));
+  z.avail_in = static_cast<uInt>(head.size());
+  int rc = head.empty() ? Z_OK : deflate(&z, Z_NO_FLUSH);
+  if (rc == Z_OK) {
+    z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(tail.data()));
+    z.avail_in = static_cast<uInt>(tail.size());
+    rc = deflate(&z, Z_FINISH);
+  }
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  if (rc != Z_STREAM_END) return {};
+  // deflateBound is about the input's size: give the rest back.
+  out.shrink_to_fit();
+  return out;
+}
+
+std::shared_ptr<const cached_body> make_cached_body(std::string bytes) {
+  auto body = with_etag(fnv1a(bytes), bytes.size());
   body->bytes = std::move(bytes);
+  return body;
+}
+
+std::shared_ptr<const cached_body> make_status_body(std::string head,
+                                                    std::shared_ptr<const cached_body> artifacts,
+                                                    std::size_t tail_offset) {
+  // The artifacts hash covers the shared part (and the job's uuid before it,
+  // which never changes), so folding the head into it gives a hash that
+  // changes whenever the whole body does.
+  const std::size_t size = head.size() + (artifacts->bytes.size() - tail_offset);
+  auto body = with_etag(fnv1a(head, artifacts->hash), size);
+  body->bytes = std::move(head);
+  body->shared_tail = std::move(artifacts);
+  body->tail_offset = tail_offset;
   return body;
 }
 

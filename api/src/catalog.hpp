@@ -19,26 +19,61 @@
 
 namespace ckptd::api {
 
-// Bodies at least this large also get a gzip encoding. Default: 1 KiB; below
-// that the headers outweigh what compression saves.
+// Bodies at least this large may be sent gzip-compressed. Default: 1 KiB;
+// below that the headers outweigh what compression saves.
 constexpr std::size_t gzip_min_bytes = 1024;
 
+// One body, ready to send: `bytes`, then tail(). Most bodies are all `bytes`.
+// A job's status body ends with the very checkpoints array its artifacts body
+// ends with, so it keeps only its own head and points into the artifacts body
+// for the rest (make_status_body): each job's checkpoints are held once.
+//
+// The gzip encoding is not made with the body: most clients never ask for it,
+// and compressing every version of a large job on every change cost more than
+// all the rest of publishing it. gzip_bytes() makes it on first use and keeps
+// it for the life of this body (i.e. until the job changes).
+//
+// Thread-safety: build anywhere; once handed to the server, use it on one
+// thread only (gzip_bytes() fills a cache).
 struct cached_body {
-  std::string bytes;
-  std::string etag;  // strong validator: a quoted hash of `bytes`
-  // The same body gzip-compressed, or empty when not worth it; its ETag is
-  // `etag` with "-gz" before the closing quote (a different representation
-  // needs a different strong validator).
-  std::string gzip_bytes;
-  std::string gzip_etag;
+  std::string bytes;  // the whole body, or its head when shared_tail is set
+  std::shared_ptr<const cached_body> shared_tail;  // the body goes on with
+  std::size_t tail_offset = 0;                     // shared_tail->bytes from here
+  std::string etag;        // strong validator: a quoted hash of the whole body and its size
+  std::uint64_t hash = 0;  // the hash in etag
+
+  // What follows `bytes`: empty unless shared_tail is set.
+  [[nodiscard]] std::string_view tail() const;
+  // Bytes of the whole body.
+  [[nodiscard]] std::size_t size() const { return bytes.size() + tail().size(); }
+  // The whole body as one string (a copy; for tests and logs).
+  [[nodiscard]] std::string text() const;
+  // The whole body as a gzip member, compressed on the first call; empty when
+  // the body is under gzip_min_bytes or zlib failed (send it as it is then).
+  [[nodiscard]] const std::string& gzip_bytes() const;
+
+ private:
+  mutable std::string gzip_bytes_;
+  mutable bool gzip_made_ = false;
 };
 
-// Wraps finished bytes, computing their ETag and, when they are at least
-// gzip_min_bytes, their gzip encoding. Cheap enough for any thread.
+// The ETag of the gzip encoding of a body whose ETag is `etag`: "-gz" before
+// the closing quote (a different representation needs a different strong
+// validator). Known without compressing, so a 304 never compresses.
+[[nodiscard]] std::string gzip_etag(std::string_view etag);
+
+// Wraps finished bytes, computing their ETag. Cheap enough for any thread.
 [[nodiscard]] std::shared_ptr<const cached_body> make_cached_body(std::string bytes);
 
-// `bytes` as a gzip member (RFC 1952), or empty if zlib fails.
-[[nodiscard]] std::string gzip(std::string_view bytes);
+// A body made of `head` followed by `artifacts`' bytes from `tail_offset` on
+// (see cached_body). Its ETag comes from `head` and artifacts' hash, without
+// reading the shared part again.
+[[nodiscard]] std::shared_ptr<const cached_body> make_status_body(
+    std::string head, std::shared_ptr<const cached_body> artifacts, std::size_t tail_offset);
+
+// `head` followed by `tail` as one gzip member (RFC 1952), compressed at
+// zlib's fastest level, or empty if zlib fails.
+[[nodiscard]] std::string gzip(std::string_view head, std::string_view tail = {});
 
 class catalog {
  public:

@@ -165,32 +165,43 @@ double q_value(std::string_view params) {
   return q;
 }
 
-std::shared_ptr<const std::string> body_of(const std::shared_ptr<const cached_body>& cached,
-                                           bool gzip) {
-  // Aliasing: the string stays alive exactly as long as its cached_body.
-  return std::shared_ptr<const std::string>(cached, gzip ? &cached->gzip_bytes : &cached->bytes);
-}
-
 // 200 with a cached body, or 304 when the client holds this version; with
-// "Prefer: wait", a 304 is flagged to be held on `wait_key`.
+// "Prefer: wait", a 304 is flagged to be held on wait_prefix + wait_name.
 response cached_response(const request& req, const std::shared_ptr<const cached_body>& cached,
-                         std::string wait_key, const options& opts) {
-  const bool gzip = !cached->gzip_bytes.empty() && accepts_gzip(req.accept_encoding);
+                         std::string_view wait_prefix, std::string_view wait_name,
+                         const options& opts) {
+  const bool gzip = cached->size() >= gzip_min_bytes && accepts_gzip(req.accept_encoding);
   response res;
-  res.body = body_of(cached, gzip);
-  res.etag = gzip ? cached->gzip_etag : cached->etag;
-  if (gzip) res.content_encoding = "gzip";
+  res.etag = gzip ? gzip_etag(cached->etag) : cached->etag;
   res.vary = "Accept-Encoding";
   res.cache_control = "no-cache";
-  if (!req.if_none_match.empty() && etag_matches(req.if_none_match, res.etag)) {
+  // Aliasing: the strings stay alive exactly as long as their cached_body.
+  res.body = std::shared_ptr<const std::string>(cached, &cached->bytes);
+  // Clients send back the very ETag they were given: compare that first.
+  if (!req.if_none_match.empty() &&
+      (req.if_none_match == res.etag || etag_matches(req.if_none_match, res.etag))) {
     res.status = 304;
     res.send_body = false;
-    if (const auto wait = preferred_wait(req.prefer); wait && *wait > 0 && !wait_key.empty()) {
+    if (const auto wait = preferred_wait(req.prefer); wait && *wait > 0 && !wait_prefix.empty()) {
       const auto cap = static_cast<std::uint64_t>(std::max<std::int64_t>(opts.max_wait.count(), 0));
       res.wait = std::chrono::seconds(static_cast<std::int64_t>(std::min(*wait, cap)));
-      if (res.wait.count() > 0) res.wait_key = std::move(wait_key);
+      if (res.wait.count() > 0) {
+        res.wait_key = wait_prefix;
+        res.wait_key += wait_name;
+      }
     }
+    return res;
   }
+  if (gzip) {
+    const std::string& zipped = cached->gzip_bytes();
+    if (!zipped.empty()) {
+      res.body = std::shared_ptr<const std::string>(cached, &zipped);
+      res.content_encoding = "gzip";
+      return res;
+    }
+    res.etag = cached->etag;  // zlib failed: the identity body, with its own ETag
+  }
+  res.body_tail = cached->tail();
   return res;
 }
 
@@ -256,7 +267,7 @@ response job_route(const request& req, const decoded_target& target, const catal
   const bool artifacts = id == route_id::artifacts;
   auto cached = artifacts ? jobs.artifacts(job_uuid) : jobs.status(job_uuid);
   if (!cached) return error_response(404, "No training job '" + echo(job_uuid) + "' is known.");
-  return cached_response(req, cached, (artifacts ? "a/" : "s/") + job_uuid, opts);
+  return cached_response(req, cached, artifacts ? "a/" : "s/", job_uuid, opts);
 }
 
 response route(const request& req, const decoded_target& target, route_id id, const catalog& jobs,
@@ -266,7 +277,7 @@ response route(const request& req, const decoded_target& target, route_id id, co
     case route_id::status:
       return job_route(req, target, jobs, id, opts);
     case route_id::jobs:
-      return cached_response(req, jobs.jobs(), "j", opts);
+      return cached_response(req, jobs.jobs(), "j", {}, opts);
     case route_id::cancel:
     case route_id::supervised_fine_tune:
     case route_id::preference_optimize:
@@ -299,7 +310,7 @@ response route(const request& req, const decoded_target& target, route_id id, co
       return res;
     }
     case route_id::openapi:
-      return cached_response(req, openapi_body(), {}, opts);
+      return cached_response(req, openapi_body(), {}, {}, opts);
     case route_id::unknown:
       break;
   }

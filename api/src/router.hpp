@@ -29,7 +29,8 @@
 // With "Prefer: wait=N" such a 304 is flagged to be held until the body
 // changes or N seconds pass (N capped at options.max_wait). Bodies of
 // gzip_min_bytes or more are sent gzip-compressed when Accept-Encoding allows
-// (Vary: Accept-Encoding; the gzip ETag ends in "-gz").
+// (Vary: Accept-Encoding; the gzip ETag ends in "-gz"), compressed on the
+// first such request for each version of the body.
 //
 // With options.auth_tokens, every route but /healthz, /readyz and OPTIONS
 // needs "Authorization: Bearer <token>": 401 with WWW-Authenticate otherwise.
@@ -94,6 +95,10 @@ struct response {
   // Never null. For HEAD, 204 and 304 it is not sent, but HEAD still
   // announces its Content-Length.
   std::shared_ptr<const std::string> body;
+  // Sent right after *body, and kept alive by whatever keeps *body alive: a
+  // job's status body shares its checkpoints array with the artifacts body
+  // (see cached_body). Usually empty.
+  std::string_view body_tail;
   std::string_view content_type = "application/json";
   bool send_body = true;  // false for HEAD, 204 and 304
   std::string etag;       // ETag header when not empty

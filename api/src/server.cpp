@@ -72,6 +72,7 @@ namespace http = beast::http;
 using tcp = net::ip::tcp;
 using error_code = boost::system::error_code;
 using steady_clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
 
 // Boost 1.81 has no bare `as_tuple` default token: spell it out at each call,
 // so a closed peer or a timeout is an `if`, not an exception.
@@ -240,7 +241,8 @@ std::string serialize_head(const response& res, unsigned version, bool keep_aliv
   if (version < 11 && keep_alive) line("Connection", "keep-alive");
   if (!bodiless) {
     out += "Content-Length: ";
-    json_text::append_integer(out, static_cast<std::int64_t>(res.body->size()));
+    json_text::append_integer(out,
+                              static_cast<std::int64_t>(res.body->size() + res.body_tail.size()));
     out += "\r\n";
   }
   out += "\r\n";
@@ -256,6 +258,36 @@ const std::string& too_many_connections_bytes() {
     return serialize_head(res, 11, /*keep_alive=*/false, /*date=*/{}) + *res.body;
   }();
   return bytes;
+}
+
+// The fixed part of a 429 (status line and every header but Date,
+// Retry-After and retry-after-ms, without the blank line), serialized once
+// per HTTP version and keep-alive: a flood of refused requests should cost
+// no header building.
+const std::string& rate_limited_head(unsigned version, bool keep_alive) {
+  static const std::array<std::string, 4> heads = [] {
+    std::array<std::string, 4> out;
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      response res = rate_limited_response(std::chrono::nanoseconds::zero());
+      res.retry_after = std::chrono::nanoseconds::zero();  // written per request
+      out[i] = serialize_head(res, (i & 1) != 0 ? 11 : 10, (i & 2) != 0, /*date=*/{});
+      out[i].resize(out[i].size() - 2);  // the varying headers and the blank line follow
+    }
+    return out;
+  }();
+  return heads[(version >= 11 ? 1U : 0U) | (keep_alive ? 2U : 0U)];
+}
+
+// Writes `buffers` within `timeout`, flagged as writing so that stop() lets
+// the write finish. False when the connection failed or timed out.
+template <typename ConstBufferSequence>
+net::awaitable<bool> send_all(connection& conn, const ConstBufferSequence& buffers,
+                              steady_clock::duration timeout) {
+  conn.writing = true;
+  conn.stream.expires_after(timeout);
+  auto [ec, n] = co_await net::async_write(conn.stream, buffers, use_tuple);
+  conn.writing = false;
+  co_return !ec;
 }
 
 std::string_view header_value(const http::request<http::string_body>& req, http::field f) {
@@ -425,6 +457,8 @@ class server::impl : public std::enable_shared_from_this<impl> {
   // frames own the connection, buffer and request they are given.
   net::awaitable<bool> write(connection& conn, const response& res, unsigned version,
                              bool keep_alive, std::chrono::milliseconds timeout);
+  net::awaitable<bool> write_rate_limited(connection& conn, unsigned version, bool keep_alive,
+                                          bool send_body, std::chrono::nanoseconds wait);
   static net::awaitable<void> linger_and_close(connection& conn, net::mutable_buffer scratch);
   net::awaitable<std::optional<response>> hold(connection& conn,
                                                const http::request<http::string_body>& req,
@@ -438,6 +472,7 @@ class server::impl : public std::enable_shared_from_this<impl> {
   response respond(const http::request<http::string_body>& req);
   void finish(response& res, const http::request<http::string_body>& req);
   void count(const response& res, steady_clock::time_point started);
+  void count(route_id route, unsigned status, steady_clock::time_point started, bool timed = true);
   void wake(const std::string& key);
   void queue_for(subscriber& sub, const store::event& e);
   [[nodiscard]] std::string render_metrics() const;
@@ -647,12 +682,9 @@ net::awaitable<void> server::impl::reject(std::shared_ptr<impl> self,
   registration reg(*self, conn.get(), self->rejecting_);
   // Answered at once, without reading the request: the 503 is the same
   // whatever was asked, and a client reads it after sending its request.
-  const std::string& bytes = too_many_connections_bytes();
-  conn->writing = true;
-  conn->stream.expires_after(reject_write_time);
-  auto [ec, n] = co_await net::async_write(conn->stream, net::buffer(bytes), use_tuple);
-  conn->writing = false;
-  if (ec) co_return;
+  if (!co_await send_all(*conn, net::buffer(too_many_connections_bytes()), reject_write_time)) {
+    co_return;
+  }
   // A small buffer of its own: the request (if any) is only read to be dropped.
   std::array<char, 512> scratch;
   co_await linger_and_close(*conn, net::buffer(scratch));
@@ -747,12 +779,17 @@ net::awaitable<void> server::impl::serve(std::shared_ptr<impl> self,
         metrics::http_rate_limited.inc();
         // An unread body would be taken for the next request: close instead.
         const bool keep_alive = req.keep_alive() && parser.is_done() && !self->stopping_;
-        response res = rate_limited_response(verdict.wait);
-        res.route = route;
-        res.send_body = !head;
-        self->finish(res, req);
-        const bool sent = co_await self->write(*conn, res, version, keep_alive, opts.write_timeout);
-        self->count(res, started);
+        bool sent = false;
+        if (opts.cors_origins.empty()) {
+          sent = co_await self->write_rate_limited(*conn, version, keep_alive, !head, verdict.wait);
+        } else {
+          // CORS headers depend on the request's Origin: built the usual way.
+          response res = rate_limited_response(verdict.wait);
+          res.send_body = !head;
+          self->finish(res, req);
+          sent = co_await self->write(*conn, res, version, keep_alive, opts.write_timeout);
+        }
+        self->count(route, 429, started);
         if (!sent) co_return;
         if (!keep_alive) break;
         continue;
@@ -853,8 +890,14 @@ void server::impl::finish(response& res, const http::request<http::string_body>&
 }
 
 void server::impl::count(const response& res, steady_clock::time_point started) {
-  ++requests_[{route_label(res.route), res.status}];
-  if (!res.events) {
+  // An event stream's duration is its whole life, not a request's latency.
+  count(res.route, res.status, started, /*timed=*/!res.events);
+}
+
+void server::impl::count(route_id route, unsigned status, steady_clock::time_point started,
+                         bool timed) {
+  ++requests_[{route_label(route), status}];
+  if (timed) {
     metrics::http_request_duration.observe(
         std::chrono::duration<double>(steady_clock::now() - started).count());
   }
@@ -1094,15 +1137,32 @@ net::awaitable<bool> server::impl::write(connection& conn, const response& res, 
                                          bool keep_alive, std::chrono::milliseconds timeout) {
   const std::string head = serialize_head(res, version, keep_alive, date());
   const bool bodiless = res.status == 304 || res.status == 204;
-  const bool with_body = res.send_body && !bodiless && !res.body->empty();
+  const bool with_body = res.send_body && !bodiless;
   // One gather write: the shared body is sent from where it is cached.
-  const std::array<net::const_buffer, 2> buffers{
-      net::buffer(head), with_body ? net::buffer(*res.body) : net::const_buffer()};
-  conn.writing = true;
-  conn.stream.expires_after(timeout);
-  auto [ec, n] = co_await net::async_write(conn.stream, buffers, use_tuple);
-  conn.writing = false;
-  co_return !ec;
+  const std::array<net::const_buffer, 3> buffers{
+      net::buffer(head), with_body ? net::buffer(*res.body) : net::const_buffer(),
+      with_body ? net::buffer(res.body_tail) : net::const_buffer()};
+  co_return co_await send_all(conn, buffers, timeout);
+}
+
+// A 429 from pre-built bytes (see rate_limited_head): only Date and the two
+// retry headers are formatted, and nothing of the request is looked at.
+net::awaitable<bool> server::impl::write_rate_limited(connection& conn, unsigned version,
+                                                      bool keep_alive, bool send_body,
+                                                      std::chrono::nanoseconds wait) {
+  static const std::shared_ptr<const std::string> body =
+      rate_limited_response(std::chrono::nanoseconds::zero()).body;
+  const std::chrono::nanoseconds retry = wait > std::chrono::nanoseconds::zero() ? wait : 1ns;
+  std::array<char, 128> varying{};
+  const int n = std::snprintf(varying.data(), varying.size(),
+                              "Date: %s\r\nRetry-After: %lld\r\nretry-after-ms: %lld\r\n\r\n",
+                              date().c_str(), static_cast<long long>(retry_after_seconds(retry)),
+                              static_cast<long long>(retry_after_milliseconds(retry)));
+  const std::array<net::const_buffer, 3> buffers{
+      net::buffer(rate_limited_head(version, keep_alive)),
+      net::buffer(varying.data(), static_cast<std::size_t>(n)),
+      send_body ? net::buffer(*body) : net::const_buffer()};
+  co_return co_await send_all(conn, buffers, opts_.write_timeout);
 }
 
 // Unread input is read into `scratch` and dropped.
@@ -1157,11 +1217,13 @@ void server::reconfigure(const options& opts) {
 
 void server::publish(const std::string& job_uuid, std::vector<store::checkpoint> checkpoints,
                      job_status status) {
-  // Serialized (and compressed) here, on the caller's thread; the io_context
-  // only swaps pointers and wakes the long-polls on this job.
-  job_bodies bodies = job_json(job_uuid, std::move(checkpoints), status);
+  // Serialized here, on the caller's thread; the io_context only swaps
+  // pointers and wakes the long-polls on this job. The status body shares the
+  // artifacts body's checkpoints; gzip waits for a client that asks for it.
+  shared_job_bodies bodies = shared_job_json(job_uuid, std::move(checkpoints), status);
   auto artifacts = make_cached_body(std::move(bodies.artifacts));
-  auto status_body = make_cached_body(std::move(bodies.status));
+  auto status_body =
+      make_status_body(std::move(bodies.status_head), artifacts, bodies.checkpoints_at);
   net::post(impl_->ctx_, [self = impl_, uuid = job_uuid, artifacts = std::move(artifacts),
                           status_body = std::move(status_body)]() mutable {
     self->put(uuid, std::move(artifacts), std::move(status_body));

@@ -3,9 +3,10 @@
 // from in-memory bodies that are rebuilt only when a job changes, plus
 // ckptd's own routes for dashboards (long-poll, Server-Sent Events, metrics).
 //
-// Requests never touch the disk: `publish` serializes (and gzips) a job's
-// bodies on the caller's thread and hands the finished bytes to the server's
-// io_context, which wakes the long-polls waiting on that job. Push events go
+// Requests never touch the disk: `publish` serializes a job's bodies on the
+// caller's thread and hands the finished bytes to the server's io_context,
+// which wakes the long-polls waiting on that job (a body's gzip encoding is
+// made there, on the first request that accepts it). Push events go
 // the same way through `publish_events`; only a client reconnecting from
 // further back than the in-memory ring reaches RocksDB, on a thread of the
 // server's own. Each client address has a token bucket; an empty one gets
