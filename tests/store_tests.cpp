@@ -1526,6 +1526,11 @@ BOOST_FIXTURE_TEST_CASE(full_volume_fails_writes_keeps_reads_and_heals, db_fixtu
     expect_error(idx.flush(), errc::io_error);
     expect_readable();
     BOOST_TEST(logged_containing("writes are failing"));
+    // An outage is logged once, not once per retry: a caller retrying for
+    // hours must not fill the journal.
+    const auto lines_so_far = logged().size();
+    for (int retry = 0; retry < 5; ++retry) expect_error(idx.apply(big(applied)), errc::io_error);
+    BOOST_TEST(logged().size() == lines_so_far, "retries were logged:\n" << logged().back());
 
     // Space returns: the next write reopens the index and goes through, and
     // the seq continues where the successful writes left it.

@@ -73,6 +73,12 @@ counter rescans{"ckptd_rescans_total", "Full rescans of watched folders."};
 counter index_write_failures{"ckptd_index_write_failures_total", "Index writes that failed."};
 gauge index_healthy{"ckptd_index_healthy",
                     "1 while index writes succeed, 0 after a failed write until one succeeds.", 1};
+counter index_changes_held_back{
+    "ckptd_index_changes_held_back_total",
+    "Job changes held back while the index could not be written; written once it can."};
+gauge unreadable_folders{"ckptd_unreadable_folders",
+                         "Watched folders that cannot be read (not missing: EACCES, EIO); what "
+                         "was indexed under them is kept."};
 gauge checkpoints_indexed{"ckptd_checkpoints_indexed", "Checkpoints in the index, all jobs."};
 gauge jobs_indexed{"ckptd_jobs_indexed", "Jobs in the index."};
 
@@ -172,6 +178,8 @@ void render(std::string& out) {
   render_counter(out, rescans);
   render_counter(out, index_write_failures);
   render_gauge(out, index_healthy);
+  render_counter(out, index_changes_held_back);
+  render_gauge(out, unreadable_folders);
   append_header(out, "ckptd_build_info", "Build information; the value is always 1.", "gauge");
   std::string labels;
   append_label(labels, "version", version());

@@ -80,8 +80,13 @@ class sink_logger final : public rocksdb::Logger {
   // The unlevelled overload is RocksDB's old INFO-level entry point.
   void Logv(const char* /*format*/, va_list /*ap*/) override {}
 
+  // While muted, lines are dropped: repeated reopens during one outage
+  // would each log RocksDB's "DB::Open() failed".
+  void set_muted(bool muted) noexcept { muted_.store(muted); }
+
   void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
-    if (!sink_ || level < rocksdb::InfoLogLevel::WARN_LEVEL ||
+    fprintf(stderr, "DEBUG Logv this=%p muted=%d fmt=%s\n", (void*)this, (int)muted_.load(), format);
+    if (!sink_ || muted_.load() || level < rocksdb::InfoLogLevel::WARN_LEVEL ||
         level >= rocksdb::InfoLogLevel::HEADER_LEVEL) {
       return;
     }
@@ -103,6 +108,7 @@ class sink_logger final : public rocksdb::Logger {
 
  private:
   const index::log_sink sink_;
+  std::atomic<bool> muted_{false};
 };
 
 // Logs what failed and RocksDB's own words for why, and returns the code.
@@ -442,7 +448,10 @@ class rocks_index final : public index {
     if (!s.ok()) return write_failed("writing a change to job " + uuid, s);
     last_seq_.store(seq);
     first_seq_.store(first);
-    if (!healthy_.exchange(true)) emit(log_, "index " + dir_ + ": writes work again");
+    if (!healthy_.exchange(true)) {
+      reopen_failure_logged_ = false;
+      emit(log_, "index " + dir_ + ": writes work again");
+    }
     return change.events.empty() ? 0 : seq;
   }
 
@@ -583,15 +592,16 @@ class rocks_index final : public index {
 
   // Marks the index unhealthy after a failed write and logs why. The database
   // stays open, so reads go on from it; the next write reopens it first.
+  // Only the first failure of an outage is logged: a caller retrying every
+  // few seconds on a full volume would otherwise log each attempt.
   [[nodiscard]] error_code write_failed(std::string_view what, const rocksdb::Status& s) {
-    const error_code ec = fail(log_, what, s);
     needs_reopen_ = true;
-    if (healthy_.exchange(false)) {
-      emit(log_, "index " + dir_ +
-                     ": writes are failing; serving what is indexed, and the next write "
-                     "reopens the index (" +
-                     ec.message() + ")");
-    }
+    if (!healthy_.exchange(false)) return make_error_code(to_errc(s));
+    const error_code ec = fail(log_, what, s);
+    emit(log_, "index " + dir_ +
+                   ": writes are failing; serving what is indexed, and the next write "
+                   "reopens the index (" +
+                   ec.message() + ")");
     return ec;
   }
 
@@ -608,7 +618,11 @@ class rocks_index final : public index {
     rocksdb::Options options = options_;
     options.create_if_missing = false;
     rocksdb::DB* raw = nullptr;
+    auto* logger = dynamic_cast<sink_logger*>(options_.info_log.get());
+    if (logger != nullptr) logger->set_muted(reopen_failure_logged_);
+    fprintf(stderr, "DEBUG logger=%p muted=%d\n", (void*)logger, (int)reopen_failure_logged_);
     const rocksdb::Status opened = rocksdb::DB::Open(options, dir_, &raw);
+    if (logger != nullptr) logger->set_muted(false);
     if (opened.ok()) {
       db_.reset(raw);
       mode_ = db_mode::read_write;
@@ -619,10 +633,13 @@ class rocks_index final : public index {
       last_seq_.store(std::max(last_seq_.load(), events->last));
       first_seq_.store(events->first);
       needs_reopen_ = false;
-      emit(log_, "index " + dir_ + ": reopened for writing");
       return {};
     }
-    const error_code ec = fail(log_, "cannot reopen index " + dir_ + " for writing", opened);
+    // Logged once per outage, like the failed write before it.
+    const error_code ec =
+        std::exchange(reopen_failure_logged_, true)
+            ? make_error_code(to_errc(opened))
+            : fail(log_, "cannot reopen index " + dir_ + " for writing", opened);
 
     // Keep serving reads. RocksDB calls a read-only open next to a live
     // writer undefined behaviour, so not if somebody took the lock meanwhile.
@@ -704,6 +721,7 @@ class rocks_index final : public index {
   // needs_reopen_. Taken before db_mutex_.
   std::mutex write_mutex_;
   bool needs_reopen_ = false;
+  bool reopen_failure_logged_ = false;  // this outage's failed reopen is logged
   // Written under write_mutex_, read by anyone.
   std::atomic<std::uint64_t> first_seq_;
   std::atomic<std::uint64_t> last_seq_;

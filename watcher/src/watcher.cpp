@@ -63,7 +63,7 @@ constexpr std::uint32_t dir_mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MO
                                    IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF |
                                    IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK;
 constexpr std::uint32_t root_mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |
-                                    IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW;
+                                    IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW;
 
 std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -71,9 +71,34 @@ std::int64_t now_ns() {
       .count();
 }
 
+// Whether a failed lookup or listing says nothing about the folder's
+// content: anything but "does not exist" (EACCES on it or a parent, EIO,
+// ...). Such a folder is unknown, not empty: what was indexed under it stays.
+bool is_unknown_error(int error) { return error != 0 && error != ENOENT && error != ENOTDIR; }
+
+// The error that keeps `path` from being looked into (lstat, and for a
+// folder opening it), when it is not "does not exist"; 0 otherwise.
+int hidden_by(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return is_unknown_error(errno) ? errno : 0;
+  if (!S_ISDIR(st.st_mode)) return 0;
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return is_unknown_error(errno) ? errno : 0;
+  ::close(fd);
+  return 0;
+}
+
 bool is_dir_nofollow(const std::string& path) {
   struct stat st {};
   return ::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// Whether a folder is certainly not there (or is no folder): an error other
+// than ENOENT/ENOTDIR leaves it unknown, not gone.
+bool folder_gone(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return !is_unknown_error(errno);
+  return !S_ISDIR(st.st_mode);
 }
 
 bool exists_nofollow(const std::string& path) {
@@ -242,7 +267,7 @@ class watcher::impl {
     log::info("inotify: up to ", max_watches_, " watches per user (fs.inotify.max_user_watches)");
 
     load_known();
-    for (const auto& root : opts_.roots) add_root(resolve(root.path), how_to_follow(root));
+    for (const auto& root : opts_.roots) add_root(configured_path(root.path), how_to_follow(root));
     for (const auto& [uuid, f] : opts_.jobs) {
       auto dir = resolve(f.path);
       add_job(uuid, dir, /*root=*/"", how_to_follow(f, dir));
@@ -257,29 +282,21 @@ class watcher::impl {
   void reconfigure(options opts) {
     const bool depth_changed = opts.max_depth != opts_.max_depth;
     std::map<std::string, folder> new_roots;
-    for (const auto& r : opts.roots) new_roots[resolve(r.path)] = r;
+    for (const auto& r : opts.roots) new_roots[configured_path(r.path)] = r;
     std::map<std::string, std::pair<std::string, folder>> new_jobs;  // uuid -> dir, --job only
     for (const auto& [uuid, f] : opts.jobs) new_jobs[uuid] = {resolve(f.path), f};
     opts_ = std::move(opts);
 
     // Roots no longer configured: their jobs go.
     for (std::size_t i = 0; i < roots_.size();) {
-      if (new_roots.contains(roots_[i].path)) {
-        new_roots.erase(roots_[i].path);
+      if (new_roots.contains(roots_[i].configured)) {
+        new_roots.erase(roots_[i].configured);
         ++i;
         continue;
       }
-      log::notice("no longer watching ", roots_[i].path);
-      std::vector<std::string> gone;
-      for (auto& [uuid, js] : jobs_) {
-        if (js.root == roots_[i].path) gone.push_back(uuid);
-      }
-      for (auto& uuid : gone) remove_job(uuid);
-      if (roots_[i].wd >= 0) {
-        ::inotify_rm_watch(inotify_.native_handle(), roots_[i].wd);
-        nodes_.erase(roots_[i].wd);
-        wd_by_path_.erase(roots_[i].path);
-      }
+      log::notice("no longer watching ", roots_[i].configured);
+      detach_root(roots_[i]);
+      if (roots_[i].poll_timer) roots_[i].poll_timer->cancel();
       roots_.erase(roots_.begin() + static_cast<std::ptrdiff_t>(i));
     }
     // --job entries no longer configured, or moved.
@@ -323,7 +340,8 @@ class watcher::impl {
   };
 
   struct watch_root {
-    std::string path;
+    std::string configured;  // as configured (absolute), symlinks not resolved
+    std::string path;        // where `configured` led when last attached
     follow how;
     int wd = -1;            // inotify watch; -1 when polled, missing or unwatchable
     bool attached = false;  // its jobs have been listed
@@ -394,6 +412,11 @@ class watcher::impl {
   std::map<std::string, store::job_change> pending_;     // job -> change not yet written
   std::map<std::string, settle_state> settling_;         // candidate path -> quiet-time tracking
   std::set<std::string> status_due_;                     // jobs whose status must be judged again
+  // Set from a failed index write until held-back changes are written again;
+  // meanwhile changes are not attempted, only remembered by job.
+  bool index_outage_ = false;
+  std::set<std::string> unwritten_;  // jobs whose latest changes the index lacks
+  std::map<std::string, int> unreadable_;  // folder -> errno; see note_unreadable
   // When the inotify events being handled were read, and per job the first
   // completion they revealed: the start of the ingest latency.
   std::optional<clock::time_point> events_seen_at_;
@@ -422,8 +445,11 @@ class watcher::impl {
     }
   }
 
-  // Configured folders are resolved once, at start: a root given through a
-  // symlink is watched where it points.
+  // A configured folder given through a symlink is watched where it points.
+  // --job folders are resolved once, at start; watch roots each time they
+  // are attached and at every rescan tick (see root_moved), so a root
+  // replaced by a symlink (or a symlink pointed elsewhere) is followed.
+  // Symlinks below a root or job folder are never followed.
   static std::string resolve(const std::filesystem::path& p) {
     std::error_code ec;
     auto resolved = std::filesystem::weakly_canonical(std::filesystem::absolute(p), ec);
@@ -456,9 +482,14 @@ class watcher::impl {
     return how;
   }
 
-  void add_root(const std::string& root, follow how) {
+  static std::string configured_path(const std::filesystem::path& p) {
+    return std::filesystem::absolute(p).lexically_normal().string();
+  }
+
+  void add_root(const std::string& configured, follow how) {
     watch_root r;
-    r.path = root;
+    r.configured = configured;
+    r.path = resolve(configured);
     r.how = how;
     roots_.push_back(std::move(r));
     attach_root(roots_.size() - 1);
@@ -466,16 +497,22 @@ class watcher::impl {
   }
 
   // Watches a root (unless polled) and adds every subfolder as a job. A
-  // missing root is retried by the rescan timer.
+  // missing or unreadable root is retried by the rescan timer; the jobs of
+  // an unreadable one are kept as the index has them meanwhile.
   void attach_root(std::size_t i) {
     auto& r = roots_[i];
     if (!r.how.polled) {
       int wd = ::inotify_add_watch(inotify_.native_handle(), r.path.c_str(), root_mask);
       if (wd < 0) {
-        if (errno == ENOSPC) {
+        const int error = errno;
+        if (error == ENOSPC) {
           log_watch_limit();
+        } else if (is_unknown_error(error)) {
+          note_unreadable(r.path, error);
+          keep_jobs_of_unreadable_root(r);
+          return;
         } else {
-          note_problem(r.path, std::string("cannot watch this root: ") + std::strerror(errno) +
+          note_problem(r.path, std::string("cannot watch this root: ") + std::strerror(error) +
                                    "; retrying every " +
                                    std::to_string(opts_.rescan_interval.count() / 1000) + " s");
           return;
@@ -485,27 +522,66 @@ class watcher::impl {
         nodes_[wd] = node{r.path, "", -1};
         wd_by_path_[r.path] = wd;
       }
+    } else if (int error = hidden_by(r.path)) {
+      note_unreadable(r.path, error);
+      keep_jobs_of_unreadable_root(r);
+      return;
     } else if (!is_dir_nofollow(r.path)) {
       note_problem(r.path, "watch root does not exist (yet)");
       return;
     }
     r.attached = true;
     problems_logged_.erase(r.path);
+    sync_root_jobs(r);
+  }
+
+  // Makes the root's jobs those its listing shows. An unreadable listing
+  // changes nothing: the jobs stay as they are until it can be read.
+  void sync_root_jobs(watch_root& r) {
     int error = 0;
-    for (auto& e : list_dir(r.path, error)) {
-      if (e.is_dir && is_job_name(e.name)) add_job(e.name, r.path + "/" + e.name, r.path, r.how);
+    auto entries = list_dir(r.path, error);
+    if (is_unknown_error(error)) {
+      note_unreadable(r.path, error);
+      keep_jobs_of_unreadable_root(r);
+      return;
     }
-    if (error != 0) log::warning("cannot list ", r.path, ": ", std::strerror(error));
+    note_readable(r.path);
+    std::set<std::string> present;
+    for (auto& e : entries) {
+      if (!e.is_dir || !is_job_name(e.name)) continue;
+      present.insert(e.name);
+      auto it = jobs_.find(e.name);
+      if (it == jobs_.end() || it->second.dir != r.path + "/" + e.name || it->second.root.empty())
+        add_job(e.name, r.path + "/" + e.name, r.path, r.how);
+    }
+    std::vector<std::string> gone;
+    for (auto& [uuid, js] : jobs_) {
+      if (js.root == r.path && !present.contains(uuid)) gone.push_back(uuid);
+    }
+    for (auto& uuid : gone) remove_job(uuid);
+  }
+
+  // The jobs the index holds under a root that cannot be listed belong to it
+  // still (at start they would otherwise be dropped as no longer configured).
+  // Their scans find them unreadable too and keep their checkpoints.
+  void keep_jobs_of_unreadable_root(const watch_root& r) {
+    for (auto& [uuid, js] : jobs_) {
+      if (parent_of(js.dir) != r.path || js.scanning) continue;
+      if (!js.root.empty() && js.root != r.path) continue;
+      js.root = r.path;
+      js.how = r.how;
+      enqueue({task::scan_job, uuid, js.dir, 0});
+    }
   }
 
   void arm_root_poll(std::size_t i) {
     auto& r = roots_[i];
     if (!r.poll_timer) r.poll_timer = std::make_shared<net::steady_timer>(ctx_);
     r.poll_timer->expires_after(r.how.interval);
-    r.poll_timer->async_wait([this, path = r.path](boost::system::error_code ec) {
+    r.poll_timer->async_wait([this, configured = r.configured](boost::system::error_code ec) {
       if (ec || stopped_) return;
       for (std::size_t k = 0; k < roots_.size(); ++k) {
-        if (roots_[k].path != path) continue;
+        if (roots_[k].configured != configured) continue;
         rescan_root(k);
         flush();
         arm_root_poll(k);
@@ -585,12 +661,15 @@ class watcher::impl {
     if (auto it = jobs_.find(job); it != jobs_.end() && it->second.how.polled) return true;
     int wd = ::inotify_add_watch(inotify_.native_handle(), path.c_str(), dir_mask);
     if (wd < 0) {
-      if (errno == ENOSPC) {
+      const int error = errno;
+      if (error == ENOSPC) {
         log_watch_limit();
-      } else if (errno != ENOENT && errno != ENOTDIR) {
-        log::warning("cannot watch ", path, ": ", std::strerror(errno));
+      } else if (error == EACCES) {
+        note_unreadable(path, error);
+      } else if (is_unknown_error(error)) {
+        log::warning("cannot watch ", path, ": ", std::strerror(error));
       }
-      if (errno != ENOENT && errno != ENOTDIR) {
+      if (is_unknown_error(error)) {
         if (auto it = jobs_.find(job); it != jobs_.end()) it->second.incomplete_watch = true;
       }
       return false;
@@ -686,6 +765,12 @@ class watcher::impl {
     if (it == jobs_.end()) return;
     auto& js = it->second;
     js.incomplete_watch = false;
+    if (int error = hidden_by(js.dir)) {
+      // Unknown, not empty: finish_job keeps every checkpoint it cannot see.
+      note_unreadable(js.dir, error);
+      finish_job(uuid);
+      return;
+    }
     if (!is_dir_nofollow(js.dir)) {
       if (!js.root.empty()) {
         // A --watch job whose folder is gone: the root's event removes it.
@@ -706,8 +791,11 @@ class watcher::impl {
   void scan_dir(const std::string& job, const std::string& dir, int depth) {
     int error = 0;
     auto entries = list_dir(dir, error);
-    if (error != 0 && error != ENOENT)
-      log::warning("cannot list ", dir, ": ", std::strerror(error));
+    if (is_unknown_error(error)) {
+      note_unreadable(dir, error);  // what it held stays: see evaluate()
+    } else if (error == 0) {
+      note_readable(dir);
+    }
     std::vector<task> next;
     if (depth > 0 && has_manifest(entries)) {
       watch_candidate_interior(job, dir, depth);
@@ -822,6 +910,12 @@ class watcher::impl {
     if (verdict.verdict != state::complete) {
       if (!verdict.problem.empty()) note_problem(path, verdict.problem);
       if (known != js.known.end()) {
+        if (int error = hidden_by(path)) {
+          // Not gone, only out of sight (a folder above lost its permission):
+          // kept as indexed until it can be judged again.
+          note_unreadable(path, error);
+          return;
+        }
         log::info("checkpoint ", path, " of job ", uuid, " is gone");
         pending_for(uuid).removed_paths.push_back(path);
         pending_for(uuid).events.push_back(deleted_event(uuid, known->second));
@@ -1000,6 +1094,10 @@ class watcher::impl {
   }
 
   // Writes every pending change (one batch per job), then tells the listener.
+  // While the index cannot be written (see index_outage_), changes are held
+  // back instead: the job is remembered in unwritten_, and
+  // write_held_back_changes() writes the difference between what the watcher
+  // knows and what the index holds once writes work again.
   void flush() {
     for (auto& [uuid, change] : pending_) {
       if (!change.remove_job) status_due_.insert(uuid);
@@ -1008,39 +1106,123 @@ class watcher::impl {
       if (auto it = jobs_.find(uuid); it != jobs_.end()) refresh_status(it->second);
     }
     if (pending_.empty()) return;
-    auto pending = std::move(pending_);
-    pending_.clear();
-    auto seen = std::move(completion_seen_);
-    completion_seen_.clear();
+    auto pending = std::exchange(pending_, {});
+    auto seen = std::exchange(completion_seen_, {});
     for (auto& [uuid, change] : pending) {
-      if (change.upserts.empty() && change.removed_paths.empty() && !change.upsert_job &&
-          !change.remove_job && change.events.empty())
-        continue;
-      if (auto r = index_.apply(change); !r) {
-        metrics::index_write_failures.inc();
-        metrics::index_healthy.set(0);
-        log::error("cannot write job ", uuid, " to the index: ", r.error().message(),
-                   "; retrying with a rescan");
-        if (auto it = jobs_.find(uuid); it != jobs_.end()) {
-          // Believe the store again, so the rescan writes what is missing.
-          it->second.known.clear();
-          it->second.memos.clear();
-          if (auto cps = index_.checkpoints(uuid)) {
-            for (auto& cp : *cps) it->second.known.emplace(cp.path, std::move(cp));
-          }
-          if (auto job = index_.find_job(uuid); job && *job) it->second.record = **job;
-          it->second.incomplete_watch = true;
-        }
+      if (is_empty(change)) continue;
+      if (index_outage_ || !write(change)) {
+        hold_back(uuid);
         continue;
       }
-      metrics::index_healthy.set(1);
       if (auto at = seen.find(uuid); at != seen.end()) {
         metrics::ingest_latency.observe(
             std::chrono::duration<double>(clock::now() - at->second).count());
       }
-      if (cb_.on_job_changed) cb_.on_job_changed(uuid);
     }
     metrics::watches.set(static_cast<double>(nodes_.size()));
+  }
+
+  static bool is_empty(const store::job_change& c) {
+    return c.upserts.empty() && c.removed_paths.empty() && !c.upsert_job && !c.remove_job &&
+           c.events.empty();
+  }
+
+  // Applies one change and tells the listener. A failure starts an outage.
+  bool write(const store::job_change& change) {
+    if (auto r = index_.apply(change); !r) {
+      metrics::index_write_failures.inc();
+      if (r.error() == store::errc::invalid_argument) {
+        // A bug, not an outage: retrying cannot help, and must not block the rest.
+        log::error("the index refused a change to job ", change.job_uuid, ": ",
+                   r.error().message());
+        return true;
+      }
+      if (!index_outage_) begin_index_outage(change.job_uuid, r.error().message());
+      return false;
+    }
+    metrics::index_healthy.set(1);
+    if (cb_.on_job_changed) cb_.on_job_changed(change.job_uuid);
+    return true;
+  }
+
+  // One log line per outage, however many changes it holds back: a full
+  // volume would otherwise log every checkpoint of every rescan.
+  void begin_index_outage(const std::string& uuid, const std::string& why) {
+    index_outage_ = true;
+    metrics::index_healthy.set(0);
+    log::error("cannot write job ", uuid, " to the index (", why,
+               "): serving what is indexed; changes are held back and written once it "
+               "works again (tried every ",
+               opts_.rescan_interval.count() / 1000.0, " s)");
+  }
+
+  void hold_back(const std::string& uuid) {
+    unwritten_.insert(uuid);
+    metrics::index_changes_held_back.inc();
+  }
+
+  // Retries held-back jobs, each as one change that brings the index from
+  // what it holds to what the watcher knows (the disk). The watcher kept
+  // following the disk meanwhile, so nothing needs rescanning, and
+  // intermediate states (a checkpoint created and deleted during the
+  // outage) leave no events.
+  void write_held_back_changes() {
+    flush();  // anything pending joins the held-back jobs first
+    while (!unwritten_.empty()) {
+      const std::string uuid = *unwritten_.begin();
+      auto change = catch_up_change(uuid);
+      if (!change) {
+        // The index cannot even be read (its reopen failed): a flush makes
+        // it try to reopen again, for the next round.
+        std::ignore = index_.flush();
+        return;
+      }
+      if (!is_empty(*change) && !write(*change)) return;
+      unwritten_.erase(uuid);
+    }
+    if (index_outage_) {
+      index_outage_ = false;
+      log::notice("the index is writable again; everything held back is written");
+    }
+  }
+
+  // The change that makes the index's view of `uuid` equal the watcher's;
+  // nullopt when the index cannot be read.
+  std::optional<store::job_change> catch_up_change(const std::string& uuid) {
+    auto stored_job = index_.find_job(uuid);
+    auto stored = index_.checkpoints(uuid);
+    if (!stored_job || !stored) return std::nullopt;
+    store::job_change change;
+    change.job_uuid = uuid;
+    auto it = jobs_.find(uuid);
+    if (it == jobs_.end()) {
+      // Removed while the index could not be written.
+      if (!*stored_job && stored->empty()) return change;
+      change.remove_job = true;
+      for (auto& cp : *stored) change.events.push_back(deleted_event(uuid, cp));
+      return change;
+    }
+    const auto& js = it->second;
+    std::map<std::string, const store::checkpoint*> by_path;
+    for (auto& cp : *stored) {
+      by_path.emplace(cp.path, &cp);
+      if (js.known.contains(cp.path)) continue;
+      change.removed_paths.push_back(cp.path);
+      change.events.push_back(deleted_event(uuid, cp));
+    }
+    for (auto& [path, cp] : js.known) {
+      auto s = by_path.find(path);
+      if (s != by_path.end() && *s->second == cp) continue;
+      change.upserts.push_back(cp);
+      if (s == by_path.end() || s->second->fingerprint != cp.fingerprint)
+        change.events.push_back(created_event(uuid, cp));
+    }
+    if (!js.record.uuid.empty() && (!*stored_job || **stored_job != js.record)) {
+      change.upsert_job = js.record;
+      if (!*stored_job || (*stored_job)->status != js.record.status)
+        change.events.push_back(status_event(uuid, js.record.status));
+    }
+    return change;
   }
 
   // Judges the job's status from its folder's top level (job_status.hpp) and
@@ -1048,7 +1230,12 @@ class watcher::impl {
   void refresh_status(job_state& js) {
     job_facts f;
     int error = 0;
-    for (auto& e : list_dir(js.dir, error)) {
+    auto entries = list_dir(js.dir, error);
+    if (is_unknown_error(error)) {
+      note_unreadable(js.dir, error);
+      return;  // an unreadable folder is not an empty one: the status stays
+    }
+    for (auto& e : entries) {
       const std::string path = js.dir + "/" + e.name;
       if (!e.is_dir && e.name == job_manifest_file) {
         f.manifest_mtime_ns = mtime_ns(path).value_or(0);
@@ -1085,7 +1272,7 @@ class watcher::impl {
     auto v = infer_job_status(f);
     auto& r = js.record;
     if (v.status == r.status && v.started_at_ns == r.started_at_ns &&
-        v.completed_at_ns == r.completed_at_ns)
+        v.completed_at_ns == r.completed_at_ns && r.dir == js.dir)
       return;
     auto& change = pending_for(js.uuid);
     if (v.status != r.status) {
@@ -1174,7 +1361,10 @@ class watcher::impl {
       if (n.depth == 0) on_job_dir_gone(n.job);
       return;
     }
-    if (name.empty()) return;
+    if (name.empty()) {
+      if (ev.mask & IN_ATTRIB) on_attributes_changed(n.path);
+      return;
+    }
     if (n.depth == 0) status_due_.insert(n.job);
     std::string path = n.path + "/" + name;
     auto job_it = jobs_.find(n.job);
@@ -1270,25 +1460,38 @@ class watcher::impl {
 
   // A watch root vanished (deleted, moved away): its jobs go until it returns.
   void root_gone(const std::string& path) {
-    log::warning("watch root ", path, " is gone; its jobs are dropped until it returns");
+    for (auto& r : roots_) {
+      if (r.path != path || !r.attached) continue;
+      log::warning("watch root ", r.configured, " is gone; its jobs are dropped until it returns");
+      detach_root(r);
+    }
+  }
+
+  // Drops a root's jobs and watches; the rescan tick attaches it again.
+  void detach_root(watch_root& r) {
     std::vector<std::string> gone;
     for (auto& [uuid, js] : jobs_) {
-      if (js.root == path) gone.push_back(uuid);
+      if (js.root == r.path) gone.push_back(uuid);
     }
     for (auto& uuid : gone) remove_job(uuid);
-    for (auto& r : roots_) {
-      if (r.path == path) {
-        r.wd = -1;
-        r.attached = false;
-      }
-    }
-    unwatch_subtree(path);
+    unwatch_subtree(r.path);
+    r.wd = -1;
+    r.attached = false;
   }
+
+  // Whether the configured root now leads to another folder than the one
+  // followed (a symlink put in its place, re-pointed, or replaced by the
+  // real folder again): no inotify event says so, the parent is not watched.
+  bool root_moved(const watch_root& r) const { return resolve(r.configured) != r.path; }
 
   void handle_root_event(const node& root, std::uint32_t mask, const std::string& name,
                          bool is_dir) {
     if (mask & (IN_DELETE_SELF | IN_MOVE_SELF)) {
       root_gone(root.path);
+      return;
+    }
+    if (mask & IN_ATTRIB) {
+      on_attributes_changed(name.empty() ? root.path : root.path + "/" + name);
       return;
     }
     if (!is_dir || !is_job_name(name)) return;
@@ -1307,12 +1510,91 @@ class watcher::impl {
     auto it = jobs_.find(uuid);
     if (it == jobs_.end()) return;
     if (!it->second.root.empty()) {
-      if (!is_dir_nofollow(it->second.dir)) remove_job(uuid);
+      if (folder_gone(it->second.dir)) remove_job(uuid);
       return;
     }
     drop_known_under(uuid, it->second.dir);
     unwatch_subtree(it->second.dir);
     log::warning("job folder ", it->second.dir, " of job ", uuid, " is gone; waiting for it");
+  }
+
+  // ---- folders that cannot be read -------------------------------------------------
+
+  // A listing or lookup that fails with anything but "does not exist"
+  // (EACCES, EIO) says nothing about what the folder holds, so nothing under
+  // it is dropped meanwhile (see evaluate, refresh_status, sync_root_jobs).
+  // The folder is logged once, counted in ckptd_unreadable_folders, and
+  // looked at again at every rescan tick and whenever its attributes change
+  // (IN_ATTRIB: a chmod), so indexing resumes as soon as it can be read.
+  void note_unreadable(const std::string& path, int error) {
+    const std::string folder = outermost_hidden(path);
+    if (!unreadable_.emplace(folder, error).second) return;
+    metrics::unreadable_folders.set(static_cast<double>(unreadable_.size()));
+    log::warning("cannot read ", folder, ": ", std::strerror(error),
+                 "; keeping what is indexed below it, and looking again every ",
+                 opts_.rescan_interval.count() / 1000.0, " s and when its permissions change");
+  }
+
+  // The folder to blame when `path` is hidden: the outermost one, from `path`
+  // up, that cannot be looked into. One root losing its permission is one
+  // entry and one log line, not one per job or checkpoint below it.
+  static std::string outermost_hidden(const std::string& path) {
+    std::string culprit = path;
+    for (std::string p = parent_of(path); p != "/" && hidden_by(p) != 0; p = parent_of(p))
+      culprit = p;
+    return culprit;
+  }
+
+  // `path` could be listed: it and the folders above it are readable.
+  void note_readable(const std::string& path) {
+    if (unreadable_.empty()) return;
+    for (auto it = unreadable_.begin(); it != unreadable_.end();) {
+      if (!within(path, it->first)) {
+        ++it;
+        continue;
+      }
+      log::notice("can read ", it->first, " again");
+      it = unreadable_.erase(it);
+    }
+    metrics::unreadable_folders.set(static_cast<double>(unreadable_.size()));
+  }
+
+  // Looks again at every unreadable folder; what can be read now (or is
+  // gone) is rescanned, with the roots and jobs at or below it.
+  void retry_unreadable() {
+    std::vector<std::string> recovered;
+    for (auto& [folder, error] : unreadable_) {
+      if (hidden_by(folder) == 0) recovered.push_back(folder);
+    }
+    for (auto& folder : recovered) {
+      unreadable_.erase(folder);
+      log::notice("can read ", folder, " again; rescanning it");
+      rescan_around(folder);
+    }
+    metrics::unreadable_folders.set(static_cast<double>(unreadable_.size()));
+  }
+
+  // Rescans the roots and jobs that hold `folder` or lie inside it.
+  void rescan_around(const std::string& folder) {
+    const auto related = [&](const std::string& dir) {
+      return within(dir, folder) || within(folder, dir);
+    };
+    for (std::size_t i = 0; i < roots_.size(); ++i) {
+      if (related(roots_[i].path)) rescan_root(i);
+    }
+    for (auto& [uuid, js] : jobs_) {
+      if (related(js.dir) && !js.scanning) enqueue({task::scan_job, uuid, js.dir, 0});
+    }
+  }
+
+  // IN_ATTRIB on a watched folder itself (or on a job folder, seen from its
+  // root): its permissions may have been taken away or given back.
+  void on_attributes_changed(const std::string& folder) {
+    if (int error = hidden_by(folder)) {
+      note_unreadable(folder, error);
+    } else if (!unreadable_.empty()) {
+      retry_unreadable();
+    }
   }
 
   // ---- rescans -------------------------------------------------------------------
@@ -1326,31 +1608,23 @@ class watcher::impl {
   // Picks up jobs a root gained or lost without an event reaching us.
   void rescan_root(std::size_t i) {
     auto& r = roots_[i];
+    if (root_moved(r)) {
+      const std::string now = resolve(r.configured);
+      log::notice("watch root ", r.configured, " now leads to ", now, "; following it there");
+      if (r.attached) detach_root(r);
+      r.path = now;
+    }
     if (!r.attached) {
-      if (!is_dir_nofollow(r.path)) return;
+      if (folder_gone(r.path)) return;
       log::notice("watch root ", r.path, " is there; following it");
       attach_root(i);
       return;
     }
-    if (r.how.polled && !is_dir_nofollow(r.path)) {
+    if (r.how.polled && folder_gone(r.path)) {
       root_gone(r.path);
       return;
     }
-    int error = 0;
-    std::set<std::string> present;
-    for (auto& e : list_dir(r.path, error)) {
-      if (!e.is_dir || !is_job_name(e.name)) continue;
-      present.insert(e.name);
-      auto it = jobs_.find(e.name);
-      if (it == jobs_.end() || it->second.dir != r.path + "/" + e.name) {
-        add_job(e.name, r.path + "/" + e.name, r.path, r.how);
-      }
-    }
-    std::vector<std::string> gone;
-    for (auto& [uuid, js] : jobs_) {
-      if (js.root == r.path && !present.contains(uuid)) gone.push_back(uuid);
-    }
-    for (auto& uuid : gone) remove_job(uuid);
+    sync_root_jobs(r);
   }
 
   void arm_rescan_timer() {
@@ -1358,15 +1632,17 @@ class watcher::impl {
     rescan_timer_.async_wait([this](boost::system::error_code ec) {
       if (ec || stopped_) return;
       for (std::size_t i = 0; i < roots_.size(); ++i) {
-        if (!roots_[i].attached) rescan_root(i);
+        if (!roots_[i].attached || root_moved(roots_[i])) rescan_root(i);
       }
       for (auto& [uuid, js] : jobs_) {
         bool missing = js.root.empty() && !js.how.polled && !wd_by_path_.contains(js.dir);
-        if ((js.incomplete_watch || missing) && !js.scanning) metrics::rescans.inc();
-        if ((js.incomplete_watch || missing) && !js.scanning)
+        if ((js.incomplete_watch || missing) && !js.scanning) {
+          metrics::rescans.inc();
           enqueue({task::scan_job, uuid, js.dir, 0});
+        }
       }
-      flush();
+      retry_unreadable();
+      write_held_back_changes();
       arm_rescan_timer();
     });
   }

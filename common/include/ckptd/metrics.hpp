@@ -119,6 +119,14 @@ extern counter index_write_failures;
 // ckptd_index_healthy: 1 while index writes succeed, 0 from a failed write
 // until one succeeds again. Starts at 1.
 extern gauge index_healthy;
+// ckptd_index_changes_held_back_total: job changes not attempted, or not
+// written, while the index could not be written; each such job is written
+// once writes work again.
+extern counter index_changes_held_back;
+// ckptd_unreadable_folders: watched folders whose listing currently fails
+// with an error other than "does not exist" (EACCES, EIO, ...). What was
+// indexed under them is kept, unchanged, until they can be read again.
+extern gauge unreadable_folders;
 // ckptd_checkpoints_indexed: checkpoints currently in the index, all jobs.
 extern gauge checkpoints_indexed;
 // ckptd_jobs_indexed: jobs currently in the index.
