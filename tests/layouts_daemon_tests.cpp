@@ -358,6 +358,49 @@ void orbax_steps(const mode_args& mode) {
   BOOST_TEST(d.process.stop() == 0);
 }
 
+// Hydra multirun: "<job>/0/", "<job>/1/", ... each hold a Hugging Face run.
+// A bare number is also an Orbax step name, a weak claim: the folders are
+// searched, since Orbax does not find them its own, while a real Orbax
+// run's steps beside them stay Orbax checkpoints.
+void hydra_multirun(const mode_args& mode) {
+  temp_dir dir;
+  const auto job = dir / "runs" / "sweep";
+  hf_run first(job / "0", {.steps_per_epoch = 10});
+  first.save(100);
+  orbax_run orbax(job / "orbax");
+  orbax.save(100);
+  watched_daemon d(dir, mode);
+  BOOST_TEST_REQUIRE(d.lists("sweep", {"checkpoint-100", "100"}), listing(d, "sweep"));
+  BOOST_TEST(path_of(d.checkpoint("sweep", "checkpoint-100")) ==
+             first.checkpoint_dir(100).string());
+
+  // The sweep's next job starts while ckptd runs.
+  hf_run second(job / "1", {.steps_per_epoch = 10});
+  second.begin_save(100);
+  std::this_thread::sleep_for(writing_pause);
+  BOOST_TEST(checkpoints_of(d.port(), "sweep").size() == 2u, listing(d, "sweep"));
+  second.finish_save();
+  first.save(200);
+  orbax.save(200);
+  BOOST_TEST_REQUIRE(
+      d.lists("sweep", {"checkpoint-100", "checkpoint-100", "checkpoint-200", "100", "200"}),
+      listing(d, "sweep"));
+  std::vector<std::string> paths;
+  for (const auto& c : checkpoints_of(d.port(), "sweep")) paths.push_back(path_of(c.as_object()));
+  std::sort(paths.begin(), paths.end());
+  std::vector<std::string> expected{first.checkpoint_dir(100).string(),
+                                    first.checkpoint_dir(200).string(),
+                                    second.checkpoint_dir(100).string(),
+                                    orbax.step_dir(100).string(), orbax.step_dir(200).string()};
+  std::sort(expected.begin(), expected.end());
+  BOOST_TEST(paths == expected, listing(d, "sweep"));
+  // Rotation inside a searched folder is followed too.
+  remove_tree(first.checkpoint_dir(100));
+  BOOST_TEST(d.lists("sweep", {"checkpoint-100", "checkpoint-200", "100", "200"}),
+             listing(d, "sweep"));
+  BOOST_TEST(d.process.stop() == 0);
+}
+
 void nemo_checkpoints(const mode_args& mode) {
   temp_dir dir;
   const auto job = dir / "runs" / "nemo";
@@ -429,5 +472,7 @@ BOOST_AUTO_TEST_CASE(orbax_inotify) { orbax_steps(inotify_mode); }
 BOOST_AUTO_TEST_CASE(orbax_polling) { orbax_steps(poll_mode); }
 BOOST_AUTO_TEST_CASE(nemo_inotify) { nemo_checkpoints(inotify_mode); }
 BOOST_AUTO_TEST_CASE(nemo_polling) { nemo_checkpoints(poll_mode); }
+BOOST_AUTO_TEST_CASE(hydra_multirun_inotify) { hydra_multirun(inotify_mode); }
+BOOST_AUTO_TEST_CASE(hydra_multirun_polling) { hydra_multirun(poll_mode); }
 
 BOOST_AUTO_TEST_SUITE_END()

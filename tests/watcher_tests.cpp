@@ -1991,6 +1991,65 @@ BOOST_AUTO_TEST_CASE(disk_orbax_runs) {
 }
 
 // ---------------------------------------------------------------------------
+// Weak claims: generic names do not hide the checkpoints below them
+
+BOOST_AUTO_TEST_CASE(weak_and_strong_claims) {
+  using w::claim;
+  BOOST_TEST((w::claim_of("0", true) == claim::weak));  // Orbax, and Hydra's multirun jobs
+  BOOST_TEST((w::claim_of("000042", true) == claim::weak));
+  BOOST_TEST((w::claim_of("release", true) == claim::weak));  // Megatron
+  BOOST_TEST((w::claim_of("checkpoint-100", true) == claim::strong));
+  BOOST_TEST((w::claim_of("step_100", true) == claim::strong));  // torchtune wins by name
+  BOOST_TEST((w::claim_of("ckpt_100", true) == claim::strong));  // Orbax, but not generic
+  BOOST_TEST((w::claim_of("iter_0000100", true) == claim::strong));
+  BOOST_TEST((w::claim_of("0", false) == claim::none));  // Orbax claims folders only
+  BOOST_TEST((w::claim_of("logs", true) == claim::none));
+  BOOST_TEST((w::claim_of("0.orbax-checkpoint-tmp", true) == claim::none));
+
+  for (auto verdict : {w::state::incomplete, w::state::settling, w::state::complete}) {
+    BOOST_TEST(w::search_inside(claim::none, verdict));
+    BOOST_TEST(!w::search_inside(claim::strong, verdict));
+  }
+  BOOST_TEST(w::search_inside(claim::weak, w::state::incomplete));
+  BOOST_TEST(!w::search_inside(claim::weak, w::state::settling));
+  BOOST_TEST(!w::search_inside(claim::weak, w::state::complete));
+}
+
+// The engine's decision on real folders: Hydra's multirun job folders "0/"
+// and "1/" (Hugging Face runs inside) are searched; Orbax's own step "100/"
+// and a Megatron "release/" its tracker names are checkpoints, not searched.
+BOOST_AUTO_TEST_CASE(weakly_claimed_folders_searched_unless_their_layouts) {
+  t::temp_dir tmp;
+  const auto sweep = tmp / "sweep";
+  t::hf_run first(sweep / "0", {.steps_per_epoch = 10});
+  first.save(100);
+  t::hf_run second(sweep / "1", {.steps_per_epoch = 10});
+  second.save(100);
+  t::orbax_run orbax_steps(sweep / "orbax");
+  orbax_steps.save(100);
+  t::megatron_run megatron_release(sweep / "megatron");
+  megatron_release.save(100);
+  fs::rename(megatron_release.iteration_dir(100), sweep / "megatron" / "release");
+  megatron_release.write_tracker_raw("release");
+
+  const auto searched = [](const fs::path& folder) {
+    const auto name = folder.filename().string();
+    const auto* l = w::choose_layout(name, true, children_of(folder));
+    BOOST_TEST_REQUIRE(l != nullptr, name);
+    return w::search_inside(w::claim_of(name, true), l->recognise(*view(folder)).verdict);
+  };
+  BOOST_TEST(searched(sweep / "0"));
+  BOOST_TEST(searched(sweep / "1"));
+  BOOST_TEST(!searched(first.checkpoint_dir(100)));
+  BOOST_TEST(!searched(orbax_steps.step_dir(100)));
+  BOOST_TEST(!searched(sweep / "megatron" / "release"));
+  // Before the tracker says "release", the folder is no checkpoint yet:
+  // searched like any other.
+  megatron_release.write_tracker_raw("100");
+  BOOST_TEST(searched(sweep / "megatron" / "release"));
+}
+
+// ---------------------------------------------------------------------------
 // NeMo
 
 BOOST_AUTO_TEST_CASE(nemo_checkpoints) {

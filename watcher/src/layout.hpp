@@ -98,6 +98,16 @@ class layout {
   virtual int specificity() const = 0;
   // Does this layout claim a folder (or file) of this name, without looking inside?
   virtual bool claims_name(std::string_view name, bool is_dir) const = 0;
+  // Is its claim on this (claimed) name weak? A weak claim is one on a name
+  // so generic that other tools use it for folders of their own: Orbax's
+  // bare step numbers ("0", "42": Hydra's multirun job folders, years,
+  // seeds), Megatron's "release". The engine still judges such a folder,
+  // but unless this layout finds it a checkpoint of its own it searches
+  // inside it like any other folder (see search_inside in layouts.cpp).
+  virtual bool claims_weakly(std::string_view name, bool is_dir) const {
+    (void)name, (void)is_dir;
+    return false;
+  }
   // A file whose presence directly inside a folder makes the folder this
   // layout's candidate, whatever its name (ckptd's manifest). Empty if none.
   virtual std::string_view marker_file() const { return {}; }
@@ -131,6 +141,18 @@ const std::vector<const layout*>& all_layouts();
 // Staging and temporary names that are never checkpoints, nor searched:
 // "tmp-checkpoint-*", "*.orbax-checkpoint-tmp*", ".nfs*", "*-unfinished", ...
 bool is_staging_name(std::string_view name);
+
+// How firmly a name makes a folder (or file) a candidate: not at all, weakly
+// (the winning layout's claims_weakly), or strongly. Staging names: none.
+enum class claim { none, weak, strong };
+claim claim_of(std::string_view name, bool is_dir);
+
+// Whether the engine searches inside a candidate for further checkpoints,
+// given its claim and its layout's verdict: never inside a strongly claimed
+// one, and inside a weakly claimed one only while it is not a checkpoint of
+// its layout (incomplete: "0/" holding "checkpoint-100/" rather than Orbax's
+// files). The rule is written down at claim_of in layouts.cpp.
+bool search_inside(claim c, state verdict);
 
 // The layout that owns a candidate of this name whose folder directly holds
 // `direct_children` (names), or nullptr when none claims it.

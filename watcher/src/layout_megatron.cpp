@@ -67,6 +67,12 @@ class megatron final : public layout {
     return is_dir && (name == release_name || iteration_of(name).has_value());
   }
 
+  // "release" is any release folder (of a model, of a package) unless the
+  // tracker beside it says so.
+  bool claims_weakly(std::string_view name, bool is_dir) const override {
+    return is_dir && name == release_name;
+  }
+
   bool watches_sibling(std::string_view file_name) const override {
     return file_name == tracker_file;
   }

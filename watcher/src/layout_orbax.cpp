@@ -113,6 +113,11 @@ class orbax final : public layout {
   bool claims_name(std::string_view name, bool is_dir) const override {
     return is_dir && is_claimed_name(name);
   }
+  // A bare number names Hydra's multirun jobs, seeds and years as often as
+  // Orbax steps; "<prefix>_<N>" with a checkpoint-like prefix does not.
+  bool claims_weakly(std::string_view name, bool is_dir) const override {
+    return is_dir && parse_decimal(name, /*allow_padding=*/true).has_value();
+  }
   std::string_view marker_file() const override { return orbax_metadata_file; }
 
   recognition recognise(const candidate_view& c) const override {

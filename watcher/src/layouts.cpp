@@ -82,6 +82,17 @@ bool is_staging_name(std::string_view name) {
                      [name](std::string_view suffix) { return ends_with(name, suffix); });
 }
 
+// The most specific layout claiming the name (rule 3 below), or nullptr.
+static const layout* layout_by_name(std::string_view name, bool is_dir) {
+  if (is_staging_name(name)) return nullptr;
+  const layout* by_name = nullptr;
+  for (const auto* l : all_layouts()) {
+    const bool better = by_name == nullptr || l->specificity() > by_name->specificity();
+    if (better && l->claims_name(name, is_dir)) by_name = l;
+  }
+  return by_name;
+}
+
 // The specificity rule:
 //  1. A staging name (is_staging_name) belongs to no layout.
 //  2. A folder that directly holds a layout's marker_file() belongs to that
@@ -107,7 +118,8 @@ bool is_staging_name(std::string_view name) {
 //                             in "-sft-<k>"); its "--" plus key=value pattern
 //                             is the more specific one
 //        26 megatron          iter_<7+ digits>, release: beats Orbax
-//                             (<prefix>_<N> with prefix "iter")
+//                             (<prefix>_<N> with prefix "iter"); "release"
+//                             is a weak claim (rule 5)
 //        25 deepspeed         global_step<N>
 //        24 dcp               step-<N> (torchtitan)
 //        22 torchtune         epoch_<k>, step_<n>: beats Orbax (prefixes
@@ -121,7 +133,7 @@ bool is_staging_name(std::string_view name) {
 //                             checkpoint, epoch, iter): the most generic
 //                             names of all, so the lowest; a bare number is
 //                             reported only with Orbax's own completion
-//                             files in it
+//                             files in it, and is a weak claim (rule 5)
 //     Patterns not listed as overlapping are disjoint by construction
 //     ("checkpoint-<digits>" cannot end in "-sft-<digits>").
 //  4. Equal specificities are broken by the order of all_layouts(): earlier
@@ -144,11 +156,36 @@ const layout* choose_layout(std::string_view name, bool is_dir,
     }
   }
   if (by_marker) return by_marker;
-  const layout* by_name = nullptr;
-  for (const auto* l : all_layouts()) {
-    if (better(by_name, l) && l->claims_name(name, is_dir)) by_name = l;
+  return layout_by_name(name, is_dir);
+}
+
+// Weak claims, the rule that keeps a generic name from hiding checkpoints:
+//  5. The claim on a name is that of the layout winning it by rule 3: weak
+//     when that layout claims_weakly() (Orbax's bare numbers, Megatron's
+//     "release"), else strong. The engine judges a weakly claimed folder as
+//     a candidate like any other, but while its layout's verdict is
+//     incomplete (no Orbax files in "0/", no tracker naming "release") it
+//     also searches inside it as a plain folder: Hydra's multirun
+//     "<job>/0/checkpoint-100/" is a Hugging Face checkpoint, not part of an
+//     Orbax step. Once the layout judges the folder complete (or settling),
+//     it is that layout's checkpoint and, as for strong claims, its inside is
+//     not searched. A strongly claimed folder is never searched inside.
+claim claim_of(std::string_view name, bool is_dir) {
+  const layout* l = layout_by_name(name, is_dir);
+  if (l == nullptr) return claim::none;
+  return l->claims_weakly(name, is_dir) ? claim::weak : claim::strong;
+}
+
+bool search_inside(claim c, state verdict) {
+  switch (c) {
+    case claim::none:
+      return true;
+    case claim::weak:
+      return verdict == state::incomplete;
+    case claim::strong:
+      return false;
   }
-  return by_name;
+  return false;
 }
 
 }  // namespace ckptd::watcher

@@ -369,6 +369,10 @@ class watcher::impl {
     std::map<std::string, store::checkpoint> known;  // by path, equal to the store
     std::set<std::string> seen_in_scan;              // candidates judged during a reconcile
     std::map<std::string, memo> memos;               // candidate -> last judgement
+    // Weakly claimed folders judged not to be their layout's checkpoints,
+    // searched inside like plain folders (search_inside); cleared by a full
+    // scan, which walks them again.
+    std::set<std::string> opened;
     follow how;
     std::shared_ptr<net::steady_timer> poll_timer;
     store::job record;         // as in the index: dir, first seen, status
@@ -782,6 +786,7 @@ class watcher::impl {
       return;
     }
     if (!watch_dir(js.dir, uuid, 0)) js.incomplete_watch = true;
+    js.opened.clear();
     // Depth-first: the job's folders are listed before its scan finishes.
     tasks_.push_front({task::finish_job, uuid, "", 0});
     tasks_.push_front({task::scan_dir, uuid, js.dir, 0});
@@ -832,11 +837,7 @@ class watcher::impl {
   }
 
   static bool claimed_by_name(std::string_view name, bool is_dir) {
-    if (is_staging_name(name)) return false;
-    for (const layout* l : all_layouts()) {
-      if (l->claims_name(name, is_dir)) return true;
-    }
-    return false;
+    return claim_of(name, is_dir) != claim::none;
   }
 
   // Watches a checkpoint folder and the folders inside it, before it is read,
@@ -899,6 +900,7 @@ class watcher::impl {
     if (js.scanning) js.seen_in_scan.insert(path);
 
     auto verdict = judge(js, path);
+    open_if_not_its_layouts(js, path, verdict.verdict);
     auto known = js.known.find(path);
     if (verdict.verdict == state::settling) {
       if (!settled(path, verdict)) return;  // judged again when its quiet time is over
@@ -951,6 +953,30 @@ class watcher::impl {
     if (verdict.problem.empty()) problems_logged_.erase(path);
     js.known[path] = cp;
     pending_for(uuid).upserts.push_back(std::move(cp));
+  }
+
+  // A weakly claimed folder that its layout does not find its own is
+  // searched inside like a plain folder (search_inside in layouts.cpp has the
+  // rule): "<job>/0/checkpoint-100/" under Hydra's multirun "0/".
+  void open_if_not_its_layouts(job_state& js, const std::string& path, state verdict) {
+    const auto c = claim_of(name_of(path), /*is_dir=*/true);
+    if (c != claim::weak || !is_dir_nofollow(path)) return;
+    if (!search_inside(c, verdict)) {
+      js.opened.erase(path);
+      return;
+    }
+    if (!js.opened.insert(path).second) return;
+    const int depth = depth_in_job(js, path);
+    if (depth < 1 || depth > opts_.max_depth) return;
+    tasks_.push_front({task::scan_dir, js.uuid, path, depth});
+    schedule_pump();
+  }
+
+  // Folder levels from the job folder down to `path` (the job folder is 0).
+  static int depth_in_job(const job_state& js, const std::string& path) {
+    if (!within(path, js.dir)) return -1;
+    return static_cast<int>(std::count(path.begin() + static_cast<std::ptrdiff_t>(js.dir.size()),
+                                       path.end(), '/'));
   }
 
   // The layout's verdict on a candidate, or the remembered one when its
@@ -1401,6 +1427,9 @@ class watcher::impl {
       else if (name == manifest_file && n.depth > 0)
         candidate = n.path;
     }
+    // A file landing directly in an opened folder ("0/commit_success.txt")
+    // may make it its layout's checkpoint after all.
+    if (js.opened.contains(n.path)) dirty_.emplace(n.job, n.path);
     if (!candidate.empty()) {
       // A trainer's running log beside its weights (torchtune's log/) is
       // written all epoch long; it says nothing about the weights being done.
@@ -1426,8 +1455,9 @@ class watcher::impl {
   }
 
   // The checkpoint a folder belongs to: the outermost folder between the job
-  // folder and `dir` that a layout claims by name or that holds a manifest.
-  // Empty when `dir` is not inside a checkpoint.
+  // folder and `dir` that a layout claims by name (and that was not opened:
+  // a weak claim its layout rejected) or that holds a manifest. Empty when
+  // `dir` is not inside a checkpoint.
   std::string candidate_of(const job_state& js, const std::string& dir, int depth) const {
     if (depth <= 0) return {};
     std::vector<std::string> chain;  // dir, parent, ..., up to depth 1
@@ -1436,8 +1466,8 @@ class watcher::impl {
       chain.push_back(p);
       p = parent_of(p);
     }
-    (void)js;
     for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+      if (js.opened.contains(*it)) continue;  // a plain folder after all: look deeper
       if (claimed_by_name(name_of(*it), true)) return *it;
       if (exists_nofollow(*it + "/" + std::string(manifest_file))) return *it;
     }
@@ -1448,6 +1478,8 @@ class watcher::impl {
     auto& js = jobs_[uuid];
     for (auto m = js.memos.lower_bound(dir); m != js.memos.end() && within(m->first, dir);)
       m = js.memos.erase(m);
+    for (auto o = js.opened.lower_bound(dir); o != js.opened.end() && within(*o, dir);)
+      o = js.opened.erase(o);
     auto it = js.known.lower_bound(dir);
     while (it != js.known.end() && within(it->first, dir)) {
       log::info("checkpoint ", it->first, " of job ", uuid, " is gone");
