@@ -14,7 +14,8 @@
 #include <sstream>
 #include <string>
 
-namespace log = ckptd::log;
+// Not "log": <cmath>'s ::log would clash with it under clang.
+namespace logger = ckptd::log;
 
 namespace {
 
@@ -35,13 +36,13 @@ std::string capture_stderr(bool as_journal, Body body) {
   } else {
     ::unsetenv("JOURNAL_STREAM");
   }
-  log::detect_journal();
+  logger::detect_journal();
   body();
   ::dup2(saved, STDERR_FILENO);
   ::close(saved);
   ::close(fd);
   ::unsetenv("JOURNAL_STREAM");
-  log::detect_journal();
+  logger::detect_journal();
   std::ifstream in(path);
   std::stringstream text;
   text << in.rdbuf();
@@ -61,37 +62,37 @@ BOOST_AUTO_TEST_SUITE(common_tests)
 
 BOOST_AUTO_TEST_CASE(journal_lines_carry_syslog_priorities) {
   auto text = capture_stderr(true, [] {
-    log::error("journal error line");
-    log::warning("journal warning line");
-    log::info("journal info line");
+    logger::error("journal error line");
+    logger::warning("journal warning line");
+    logger::info("journal info line");
   });
   BOOST_TEST(text == "<3>journal error line\n<4>journal warning line\n<6>journal info line\n");
 }
 
 BOOST_AUTO_TEST_CASE(plain_lines_elsewhere_and_a_wrong_stream_is_not_the_journal) {
-  auto plain = capture_stderr(false, [] { log::notice("plain notice ", 42); });
+  auto plain = capture_stderr(false, [] { logger::notice("plain notice ", 42); });
   BOOST_TEST(plain == "ckptd notice: plain notice 42\n");
   // JOURNAL_STREAM naming another stream (stderr redirected since): plain text.
   ::setenv("JOURNAL_STREAM", "1:1", 1);
-  log::detect_journal();
+  logger::detect_journal();
   auto redirected = capture_stderr(false, [] {
     ::setenv("JOURNAL_STREAM", "1:1", 1);
-    log::detect_journal();
-    log::notice("not the journal");
+    logger::detect_journal();
+    logger::notice("not the journal");
   });
   BOOST_TEST(redirected == "ckptd notice: not the journal\n");
 }
 
 BOOST_AUTO_TEST_CASE(newlines_cannot_forge_lines) {
-  auto text = capture_stderr(false, [] { log::notice("a\nb\rc"); });
+  auto text = capture_stderr(false, [] { logger::notice("a\nb\rc"); });
   BOOST_TEST(text == "ckptd notice: a b c\n");
 }
 
 BOOST_AUTO_TEST_CASE(repeated_warnings_are_held_back) {
   auto text = capture_stderr(false, [] {
-    for (int i = 0; i < 50; ++i) log::warning("cannot list /data/runs/bad: Permission denied");
-    log::warning("another cause");
-    for (int i = 0; i < 3; ++i) log::info("info lines are never held back");
+    for (int i = 0; i < 50; ++i) logger::warning("cannot list /data/runs/bad: Permission denied");
+    logger::warning("another cause");
+    for (int i = 0; i < 3; ++i) logger::info("info lines are never held back");
   });
   BOOST_TEST(count(text, "cannot list /data/runs/bad") == 1);
   BOOST_TEST(count(text, "another cause") == 1);
