@@ -42,7 +42,7 @@ po::options_description describe() {
     ("settle-time", po::value<double>()->value_name("SECONDS")->default_value(3),
      "quiet time after which a checkpoint without a completion marker is complete")
     ("rescan-interval", po::value<double>()->value_name("SECONDS")->default_value(30),
-     "how often folders inotify cannot watch are rescanned")
+     "how often folders inotify cannot watch or read, and failed index writes, are retried")
     ("rate-limit", po::value<double>()->value_name("N")->default_value(20),
      "requests per second allowed per client address (0: unlimited)")
     ("rate-burst", po::value<double>()->value_name("N")->default_value(40),

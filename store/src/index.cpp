@@ -85,7 +85,6 @@ class sink_logger final : public rocksdb::Logger {
   void set_muted(bool muted) noexcept { muted_.store(muted); }
 
   void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
-    fprintf(stderr, "DEBUG Logv this=%p muted=%d fmt=%s\n", (void*)this, (int)muted_.load(), format);
     if (!sink_ || muted_.load() || level < rocksdb::InfoLogLevel::WARN_LEVEL ||
         level >= rocksdb::InfoLogLevel::HEADER_LEVEL) {
       return;
@@ -620,7 +619,6 @@ class rocks_index final : public index {
     rocksdb::DB* raw = nullptr;
     auto* logger = dynamic_cast<sink_logger*>(options_.info_log.get());
     if (logger != nullptr) logger->set_muted(reopen_failure_logged_);
-    fprintf(stderr, "DEBUG logger=%p muted=%d\n", (void*)logger, (int)reopen_failure_logged_);
     const rocksdb::Status opened = rocksdb::DB::Open(options, dir_, &raw);
     if (logger != nullptr) logger->set_muted(false);
     if (opened.ok()) {
@@ -636,10 +634,9 @@ class rocks_index final : public index {
       return {};
     }
     // Logged once per outage, like the failed write before it.
-    const error_code ec =
-        std::exchange(reopen_failure_logged_, true)
-            ? make_error_code(to_errc(opened))
-            : fail(log_, "cannot reopen index " + dir_ + " for writing", opened);
+    const error_code ec = std::exchange(reopen_failure_logged_, true)
+                              ? make_error_code(to_errc(opened))
+                              : fail(log_, "cannot reopen index " + dir_ + " for writing", opened);
 
     // Keep serving reads. RocksDB calls a read-only open next to a live
     // writer undefined behaviour, so not if somebody took the lock meanwhile.

@@ -63,7 +63,8 @@ constexpr std::uint32_t dir_mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MO
                                    IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF |
                                    IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK;
 constexpr std::uint32_t root_mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |
-                                    IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW;
+                                    IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR |
+                                    IN_DONT_FOLLOW;
 
 std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -263,8 +264,8 @@ class watcher::impl {
     int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (fd < 0) throw std::system_error(errno, std::generic_category(), "inotify_init1");
     inotify_.assign(fd);
-    max_watches_ = read_proc_number("/proc/sys/fs/inotify/max_user_watches");
-    log::info("inotify: up to ", max_watches_, " watches per user (fs.inotify.max_user_watches)");
+    read_watch_limit();
+    log::info("inotify: up to ", max_watches_, " watches per user (", watch_limit_sysctl_, ")");
 
     load_known();
     for (const auto& root : opts_.roots) add_root(configured_path(root.path), how_to_follow(root));
@@ -405,6 +406,7 @@ class watcher::impl {
   bool stopped_ = false;
   bool reconciled_ = false;
   std::uint64_t max_watches_ = 0;
+  std::string_view watch_limit_sysctl_ = "fs.inotify.max_user_watches";
   bool watch_limit_logged_ = false;
 
   std::vector<watch_root> roots_;
@@ -419,7 +421,7 @@ class watcher::impl {
   // Set from a failed index write until held-back changes are written again;
   // meanwhile changes are not attempted, only remembered by job.
   bool index_outage_ = false;
-  std::set<std::string> unwritten_;  // jobs whose latest changes the index lacks
+  std::set<std::string> unwritten_;        // jobs whose latest changes the index lacks
   std::map<std::string, int> unreadable_;  // folder -> errno; see note_unreadable
   // When the inotify events being handled were read, and per job the first
   // completion they revealed: the start of the ingest latency.
@@ -686,13 +688,25 @@ class watcher::impl {
     return true;
   }
 
+  // Since Linux 5.11 watches are also counted per user namespace, whose
+  // user.max_inotify_watches may be the lower limit (in a container): the
+  // lower one binds, and it is the one to name when it is reached.
+  void read_watch_limit() {
+    const auto global = read_proc_number("/proc/sys/fs/inotify/max_user_watches");
+    const auto in_namespace = read_proc_number("/proc/sys/user/max_inotify_watches");
+    const bool namespace_binds = in_namespace > 0 && (global == 0 || in_namespace < global);
+    max_watches_ = namespace_binds ? in_namespace : global;
+    watch_limit_sysctl_ =
+        namespace_binds ? "user.max_inotify_watches" : "fs.inotify.max_user_watches";
+  }
+
   void log_watch_limit() {
     if (watch_limit_logged_) return;
     watch_limit_logged_ = true;
-    log::error("inotify watch limit reached (", nodes_.size(),
-               " watches in use, fs.inotify.max_user_watches = ", max_watches_,
-               "); folders beyond it are rescanned every ", opts_.rescan_interval.count() / 1000,
-               " s. Raise the limit: sysctl fs.inotify.max_user_watches=<more>");
+    log::error("inotify watch limit reached (", nodes_.size(), " watches in use, ",
+               watch_limit_sysctl_, " = ", max_watches_,
+               "); folders beyond it are rescanned every ", opts_.rescan_interval.count() / 1000.0,
+               " s. Raise the limit: sysctl ", watch_limit_sysctl_, "=<more>");
   }
 
   // Forgets the watches of a folder and everything below it.
@@ -975,8 +989,8 @@ class watcher::impl {
   // Folder levels from the job folder down to `path` (the job folder is 0).
   static int depth_in_job(const job_state& js, const std::string& path) {
     if (!within(path, js.dir)) return -1;
-    return static_cast<int>(std::count(path.begin() + static_cast<std::ptrdiff_t>(js.dir.size()),
-                                       path.end(), '/'));
+    return static_cast<int>(
+        std::count(path.begin() + static_cast<std::ptrdiff_t>(js.dir.size()), path.end(), '/'));
   }
 
   // The layout's verdict on a candidate, or the remembered one when its
@@ -1163,6 +1177,7 @@ class watcher::impl {
                    r.error().message());
         return true;
       }
+      metrics::index_healthy.set(0);  // again, should a retry of another job have succeeded
       if (!index_outage_) begin_index_outage(change.job_uuid, r.error().message());
       return false;
     }
@@ -1175,7 +1190,6 @@ class watcher::impl {
   // volume would otherwise log every checkpoint of every rescan.
   void begin_index_outage(const std::string& uuid, const std::string& why) {
     index_outage_ = true;
-    metrics::index_healthy.set(0);
     log::error("cannot write job ", uuid, " to the index (", why,
                "): serving what is indexed; changes are held back and written once it "
                "works again (tried every ",

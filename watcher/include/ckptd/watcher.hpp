@@ -63,8 +63,9 @@ struct options {
   // Quiet time after which a checkpoint of a layout without a completion
   // marker (torchtune) counts as complete. Default: 3 s.
   std::chrono::milliseconds settle_time{3000};
-  // How often what could not be watched (watch limit reached) is rescanned.
-  // Default: 30 s.
+  // How often what could not be watched (watch limit reached) is rescanned,
+  // folders that could not be read are looked at again, and changes held
+  // back while the index could not be written are retried. Default: 30 s.
   std::chrono::milliseconds rescan_interval{30000};
 };
 
