@@ -35,6 +35,12 @@ declare -A max_len=([http_request]=32768 [layouts]=16384 [config]=4096)
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+root=$PWD
+build=$(cd "$build" && pwd)
+parallel=()
+# -jobs makes libFuzzer run workers that log to fuzz-<n>.log in the current
+# folder (the build folder here); it copies each to its own output as well.
+[ "$jobs" -gt 1 ] && parallel=(-jobs="$jobs" -workers="$jobs")
 failed=()
 for target in $targets; do
   work="$build/fuzz-corpus/$target"  # new inputs land here; the seeds stay as committed
@@ -43,13 +49,12 @@ for target in $targets; do
   mkdir -p "$work" "$artifacts"
   echo "fuzzing $target for ${seconds}s ($log)"
   status=0
-  "$build/tests/fuzz/fuzz_$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
-    -max_len="${max_len[$target]}" -dict="tests/fuzz/$target.dict" -print_final_stats=1 \
-    -jobs="$jobs" -workers="$jobs" -artifact_prefix="$artifacts/$target-" \
-    "$work" "tests/fuzz/corpus/$target" >"$log" 2>&1 || status=$?
-  # -jobs writes each worker's output to fuzz-<n>.log in the current folder.
-  if [ "$jobs" -gt 1 ]; then cat fuzz-*.log >>"$log" 2>/dev/null && rm -f fuzz-*.log; fi
-  if [ "$status" -ne 0 ] || grep -qE "ERROR: (Address|Leak|UndefinedBehavior)Sanitizer|runtime error:|invariant failed" "$log"; then
+  (cd "$build" && "$build/tests/fuzz/fuzz_$target" -max_total_time="$seconds" -timeout=10 \
+    -rss_limit_mb=2048 -max_len="${max_len[$target]}" -dict="$root/tests/fuzz/$target.dict" \
+    -print_final_stats=1 "${parallel[@]}" -artifact_prefix="$artifacts/$target-" \
+    "$work" "$root/tests/fuzz/corpus/$target") >"$log" 2>&1 || status=$?
+  if [ "$status" -ne 0 ] ||
+    grep -qE "ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer)|runtime error:|invariant failed" "$log"; then
     echo "FAILED: fuzz_$target (exit $status); the end of $log:" >&2
     tail -n 60 "$log" >&2
     failed+=("$target")
