@@ -384,6 +384,7 @@ class watcher::impl {
   bool reconciled_ = false;
   std::uint64_t max_watches_ = 0;
   bool watch_limit_logged_ = false;
+  bool index_healthy_ = true;  // as last reported through on_index_health
 
   std::vector<watch_root> roots_;
   std::unordered_map<int, node> nodes_;    // wd -> node
@@ -394,6 +395,7 @@ class watcher::impl {
   std::map<std::string, store::job_change> pending_;     // job -> change not yet written
   std::map<std::string, settle_state> settling_;         // candidate path -> quiet-time tracking
   std::set<std::string> status_due_;                     // jobs whose status must be judged again
+  std::set<std::string> unannounced_;  // jobs written but not yet announced (still scanning)
   // When the inotify events being handled were read, and per job the first
   // completion they revealed: the start of the ingest latency.
   std::optional<clock::time_point> events_seen_at_;
@@ -999,14 +1001,29 @@ class watcher::impl {
     return change;
   }
 
+  bool is_scanning(const std::string& uuid) const {
+    auto it = jobs_.find(uuid);
+    return it != jobs_.end() && it->second.scanning;
+  }
+
   // Writes every pending change (one batch per job), then tells the listener.
+  // A job being scanned is written as its scan goes but announced once, when
+  // the scan is done: the listener re-reads and re-serializes the whole job,
+  // so announcing it after every turn of a scan would cost quadratic time in
+  // the job's size. Its status is judged once at the end too (finish_job).
   void flush() {
     for (auto& [uuid, change] : pending_) {
-      if (!change.remove_job) status_due_.insert(uuid);
+      if (!change.remove_job && !is_scanning(uuid)) status_due_.insert(uuid);
     }
     for (auto& uuid : std::exchange(status_due_, {})) {
       if (auto it = jobs_.find(uuid); it != jobs_.end()) refresh_status(it->second);
     }
+    write_pending();
+    announce_changed_jobs();
+    metrics::watches.set(static_cast<double>(nodes_.size()));
+  }
+
+  void write_pending() {
     if (pending_.empty()) return;
     auto pending = std::move(pending_);
     pending_.clear();
@@ -1016,10 +1033,12 @@ class watcher::impl {
       if (change.upserts.empty() && change.removed_paths.empty() && !change.upsert_job &&
           !change.remove_job && change.events.empty())
         continue;
-      if (auto r = index_.apply(change); !r) {
+      const auto applied = index_.apply(change);
+      report_index_health();
+      if (!applied) {
         metrics::index_write_failures.inc();
         metrics::index_healthy.set(0);
-        log::error("cannot write job ", uuid, " to the index: ", r.error().message(),
+        log::error("cannot write job ", uuid, " to the index: ", applied.error().message(),
                    "; retrying with a rescan");
         if (auto it = jobs_.find(uuid); it != jobs_.end()) {
           // Believe the store again, so the rescan writes what is missing.
@@ -1038,9 +1057,29 @@ class watcher::impl {
         metrics::ingest_latency.observe(
             std::chrono::duration<double>(clock::now() - at->second).count());
       }
+      unannounced_.insert(uuid);
+    }
+  }
+
+  // Tells the listener of every written job whose scan is not under way.
+  void announce_changed_jobs() {
+    for (auto it = unannounced_.begin(); it != unannounced_.end();) {
+      if (is_scanning(*it)) {
+        ++it;
+        continue;
+      }
+      const std::string uuid = *it;
+      it = unannounced_.erase(it);
       if (cb_.on_job_changed) cb_.on_job_changed(uuid);
     }
-    metrics::watches.set(static_cast<double>(nodes_.size()));
+  }
+
+  // Tells the listener when the index's health moved since the last write.
+  void report_index_health() {
+    const bool healthy = index_.healthy();
+    if (healthy == index_healthy_) return;
+    index_healthy_ = healthy;
+    if (cb_.on_index_health) cb_.on_index_health(healthy);
   }
 
   // Judges the job's status from its folder's top level (job_status.hpp) and
