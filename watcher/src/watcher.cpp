@@ -56,6 +56,9 @@ using clock = std::chrono::steady_clock;
 constexpr int tasks_per_turn = 64;
 // Folder levels watched inside a checkpoint folder (adapter/, weights/, ...).
 constexpr int candidate_inner_depth = 3;
+// Bump when a layout's rules change: listing hashes (and so the verdicts the
+// index remembers with them) of older builds then match nothing.
+constexpr std::uint64_t judging_rules_version = 1;
 // Read buffer for inotify: room for many events with long names.
 constexpr std::size_t inotify_buffer_bytes = 256 * 1024;
 
@@ -712,7 +715,7 @@ class watcher::impl {
       log::warning("cannot list ", dir, ": ", std::strerror(error));
     std::vector<task> next;
     if (depth > 0 && has_manifest(entries)) {
-      watch_candidate_interior(job, dir, depth);
+      // Already watched (before this listing); judging watches its inside.
       next.push_back({task::evaluate, job, dir, 0});
     } else {
       for (auto& e : entries) {
@@ -720,7 +723,9 @@ class watcher::impl {
         std::string path = dir + "/" + e.name;
         if (claimed_by_name(e.name, e.is_dir)) {
           if (depth + 1 > opts_.max_depth) continue;
-          if (e.is_dir) watch_candidate_interior(job, path, depth + 1);
+          // Only the folder itself: judging lists it anyway, and watches
+          // what is inside then (watch_new_interior).
+          if (e.is_dir) watch_dir(path, job, depth + 1);
           next.push_back({task::evaluate, job, path, 0});
         } else if (e.is_dir && depth + 1 <= opts_.max_depth) {
           // Watch first, list later (when the task runs): nothing slips between.
@@ -772,6 +777,25 @@ class watcher::impl {
     }
   }
 
+  // Watches the folders inside a candidate folder that its listing shows and
+  // that are not watched yet. True when it added any: the caller lists again,
+  // since those folders were listed before their watches existed.
+  bool watch_new_interior(const job_state& js, const std::string& candidate,
+                          const candidate_view& view) {
+    if (js.how.polled || !view.is_dir() || !within(candidate, js.dir)) return false;
+    const auto below_job = std::string_view(candidate).substr(js.dir.size());
+    const int depth = static_cast<int>(std::count(below_job.begin(), below_job.end(), '/'));
+    bool added = false;
+    for (const auto& f : view.files()) {
+      if (!f.is_dir) continue;
+      std::string sub = candidate + "/" + f.rel;
+      if (wd_by_path_.contains(sub)) continue;
+      const int level = 1 + static_cast<int>(std::count(f.rel.begin(), f.rel.end(), '/'));
+      added = watch_dir(sub, js.uuid, depth + level) || added;
+    }
+    return added;
+  }
+
   // A job's scan is done: whatever the index holds that the scan did not
   // confirm is judged again on its own (it is most likely gone).
   void finish_job(const std::string& uuid) {
@@ -812,7 +836,8 @@ class watcher::impl {
     auto& js = it->second;
     if (js.scanning) js.seen_in_scan.insert(path);
 
-    auto verdict = judge(js, path);
+    std::uint64_t listing = 0;
+    auto verdict = judge(js, path, listing);
     auto known = js.known.find(path);
     if (verdict.verdict == state::settling) {
       if (!settled(path, verdict)) return;  // judged again when its quiet time is over
@@ -841,6 +866,7 @@ class watcher::impl {
     cp.created_at_ns = verdict.completed_at_ns;
     cp.metrics = verdict.metrics;
     cp.fingerprint = verdict.fingerprint;
+    cp.listing_hash = listing;
     bool fresh = true;
     if (known != js.known.end()) {
       // Unchanged evidence of completion: the same checkpoint, keep its time.
@@ -862,17 +888,22 @@ class watcher::impl {
   }
 
   // The layout's verdict on a candidate, or the remembered one when its
-  // listing has not changed since (no file is read then).
-  recognition judge(job_state& js, const std::string& path) {
+  // listing has not changed since (no file is read then). `listing` receives
+  // the hash of the listing judged.
+  recognition judge(job_state& js, const std::string& path, std::uint64_t& listing) {
     auto view = view_from_disk(path, candidate_inner_depth);
+    if (view && watch_new_interior(js, path, *view)) {
+      // Files that landed in those folders before their watches existed.
+      view = view_from_disk(path, candidate_inner_depth);
+    }
     if (!view) {
       js.memos.erase(path);
       return {};
     }
-    std::uint64_t hash = listing_hash(path, *view);
+    listing = listing_hash(path, *view);
+    auto known = js.known.find(path);
     auto memo_it = js.memos.find(path);
-    if (memo_it != js.memos.end() && memo_it->second.listing_hash == hash) {
-      auto known = js.known.find(path);
+    if (memo_it != js.memos.end() && memo_it->second.listing_hash == listing) {
       if (memo_it->second.verdict == state::incomplete) return {};
       if (memo_it->second.verdict == state::complete && known != js.known.end())
         return remembered(known->second);
@@ -882,8 +913,18 @@ class watcher::impl {
       if (!f.rel.empty() && f.rel.find('/') == std::string::npos) children.push_back(f.rel);
     }
     const layout* l = choose_layout(view->name(), view->is_dir(), children);
+    // First look since a restart: the index remembers the listing its record
+    // was judged from. The same listing (names, sizes, mtimes, sibling inputs)
+    // means the same files, so the record stands, created_at and metrics
+    // included; a checkpoint rewritten in place changes its listing and is
+    // read again.
+    if (memo_it == js.memos.end() && known != js.known.end() && l != nullptr &&
+        !l->reads_beside() && known->second.listing_hash == listing) {
+      js.memos[path] = memo{listing, state::complete};
+      return remembered(known->second);
+    }
     recognition verdict = l == nullptr ? recognition{} : l->recognise(*view);
-    js.memos[path] = memo{hash, verdict.verdict};
+    js.memos[path] = memo{listing, verdict.verdict};
     return verdict;
   }
 
@@ -894,6 +935,9 @@ class watcher::impl {
   // alone must invalidate the memo, in inotify and in polling mode alike.
   static std::uint64_t listing_hash(const std::string& path, const candidate_view& view) {
     fingerprint_hash hash;
+    // The hash is kept in the index across restarts (see judge): a build
+    // whose layouts judge differently must not trust verdicts of an older one.
+    hash.add(judging_rules_version);
     for (const auto& f : view.files()) {
       hash.add(f);
       hash.add(std::uint64_t{f.is_dir});
