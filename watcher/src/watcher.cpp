@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -110,13 +111,14 @@ store::event created_event(const std::string& job, const store::checkpoint& cp) 
   return store::event{0, job, "checkpoint.created", std::move(data), 0};
 }
 
-store::event deleted_event(const std::string& job, const store::checkpoint& cp) {
+store::event deleted_event(const std::string& job, const std::string& identifier,
+                           const std::string& path) {
   std::string data = "{\"job_uuid\":";
   json_text::append_string(data, job);
   data += ",\"identifier\":";
-  json_text::append_string(data, cp.identifier);
+  json_text::append_string(data, identifier);
   data += ",\"path\":";
-  json_text::append_string(data, cp.path);
+  json_text::append_string(data, path);
   data += '}';
   return store::event{0, job, "checkpoint.deleted", std::move(data), 0};
 }
@@ -128,6 +130,31 @@ store::event status_event(const std::string& job, const std::string& status) {
   json_text::append_string(data, status);
   data += '}';
   return store::event{0, job, "job.status", std::move(data), 0};
+}
+
+// A checkpoint record's evidence of completion and whole content, hashed:
+// what the watcher keeps of it in memory (see candidate_record).
+std::uint64_t fingerprint_hash_of(const store::checkpoint& cp) {
+  fingerprint_hash hash;
+  hash.add(cp.fingerprint);
+  return hash.value();
+}
+
+std::uint64_t content_hash_of(const store::checkpoint& cp) {
+  fingerprint_hash hash;
+  hash.add(cp.identifier);
+  hash.add(static_cast<std::uint64_t>(cp.epoch));
+  hash.add(static_cast<std::uint64_t>(cp.step));
+  hash.add(static_cast<std::uint64_t>(cp.created_at_ns));
+  hash.add(std::uint64_t{cp.metrics.has_value()});
+  if (cp.metrics) {
+    hash.add(static_cast<std::uint64_t>(cp.metrics->epoch));
+    for (double v : {cp.metrics->train_loss, cp.metrics->validation_loss, cp.metrics->perplexity})
+      hash.add(std::bit_cast<std::uint64_t>(v));
+  }
+  hash.add(cp.fingerprint);
+  hash.add(cp.listing_hash);
+  return hash.value();
 }
 
 // The folder's birth time where the filesystem records one; 0 otherwise.
@@ -339,21 +366,32 @@ class watcher::impl {
     int depth = 0;    // 0 = the job folder itself
   };
 
-  // What a candidate looked like when last judged: a hash of its listing
-  // (names, sizes, mtimes) and the verdict. An unchanged listing is not read
-  // again, so an event next to a finished checkpoint costs a listing only.
-  struct memo {
+  // What ckptd remembers of one candidate: its last judgement (a hash of its
+  // listing — names, sizes, mtimes — and the verdict: an unchanged listing is
+  // not read again, so an event next to a finished checkpoint costs a listing
+  // only) and, when the index holds it as a checkpoint, what deciding on its
+  // next judgement needs. There is one per checkpoint, 100,000s of them, so
+  // it holds no path and no fingerprint, only hashes: the index has the rest.
+  struct candidate_record {
+    // The listing last judged; for an indexed record not yet judged in this
+    // run, the one the index stored with it. 0: none.
     std::uint64_t listing_hash = 0;
+    std::uint64_t fingerprint_hash = 0;  // indexed: of its evidence of completion
+    std::uint64_t content_hash = 0;      // indexed: of the whole record, as written
+    std::int64_t created_at_ns = 0;      // indexed: as in the index
+    std::string identifier;              // indexed: empty when it is the candidate's name
     state verdict = state::incomplete;
+    bool judged = false;        // listing_hash and verdict come from this run
+    bool indexed = false;       // the index holds it as a checkpoint
+    bool seen_in_scan = false;  // judged during the job's current scan
   };
 
   struct job_state {
     std::string uuid;
     std::string dir;
-    std::string root;                                // watch root it came from; empty for --job
-    std::map<std::string, store::checkpoint> known;  // by path, equal to the store
-    std::set<std::string> seen_in_scan;              // candidates judged during a reconcile
-    std::map<std::string, memo> memos;               // candidate -> last judgement
+    std::string root;  // watch root it came from; empty for --job
+    // By path relative to `dir` ("checkpoint-500", "run/epoch_1").
+    std::map<std::string, candidate_record> candidates;
     follow how;
     std::shared_ptr<net::steady_timer> poll_timer;
     store::job record;         // as in the index: dir, first seen, status
@@ -419,12 +457,53 @@ class watcher::impl {
       js.uuid = j.uuid;
       js.dir = j.dir;
       js.record = j;
-      if (auto cps = index_.checkpoints(j.uuid)) {
-        for (auto& cp : *cps) js.known.emplace(cp.path, std::move(cp));
-      } else {
-        log::error("cannot read checkpoints of job ", j.uuid, ": ", cps.error().message());
-      }
+      load_indexed(js);
     }
+  }
+
+  // Believes the index about a job's checkpoints (at start, and after a
+  // failed write). A record outside the job's folder cannot be one of its
+  // checkpoints: it is removed.
+  void load_indexed(job_state& js) {
+    auto cps = index_.checkpoints(js.uuid);
+    if (!cps) {
+      log::error("cannot read checkpoints of job ", js.uuid, ": ", cps.error().message());
+      return;
+    }
+    for (auto& cp : *cps) {
+      if (!within(cp.path, js.dir) || cp.path.size() == js.dir.size()) {
+        pending_for(js.uuid).removed_paths.push_back(cp.path);
+        pending_for(js.uuid).events.push_back(deleted_event(js.uuid, cp.identifier, cp.path));
+        continue;
+      }
+      auto& r = js.candidates[cp.path.substr(js.dir.size() + 1)];
+      r = candidate_record{};
+      r.listing_hash = cp.listing_hash;
+      r.verdict = state::complete;
+      remember_indexed(r, cp);
+    }
+  }
+
+  static void remember_indexed(candidate_record& r, const store::checkpoint& cp) {
+    r.indexed = true;
+    r.created_at_ns = cp.created_at_ns;
+    r.fingerprint_hash = fingerprint_hash_of(cp);
+    r.content_hash = content_hash_of(cp);
+    r.identifier = cp.identifier == name_of(cp.path) ? std::string() : cp.identifier;
+  }
+
+  // The path and identifier of an indexed candidate, for its deletion.
+  static std::string identifier_of(const std::string& rel, const candidate_record& r) {
+    return r.identifier.empty() ? std::string(name_of(rel)) : r.identifier;
+  }
+
+  // Records the removal of an indexed candidate from the index, with its event.
+  void unindex(job_state& js, const std::string& rel, candidate_record& r) {
+    const std::string path = js.dir + "/" + rel;
+    log::info("checkpoint ", path, " of job ", js.uuid, " is gone");
+    pending_for(js.uuid).removed_paths.push_back(path);
+    pending_for(js.uuid).events.push_back(deleted_event(js.uuid, identifier_of(rel, r), path));
+    r.indexed = false;
   }
 
   // Configured folders are resolved once, at start: a root given through a
@@ -537,11 +616,13 @@ class watcher::impl {
     js.uuid = uuid;
     if (js.dir != dir) {
       // The job moved (or is new): whatever was indexed under the old folder is stale.
-      for (auto& [path, cp] : js.known) {
-        pending_for(uuid).removed_paths.push_back(path);
-        pending_for(uuid).events.push_back(deleted_event(uuid, cp));
+      for (auto& [rel, r] : js.candidates) {
+        if (!r.indexed) continue;
+        pending_for(uuid).removed_paths.push_back(js.dir + "/" + rel);
+        pending_for(uuid).events.push_back(
+            deleted_event(uuid, identifier_of(rel, r), js.dir + "/" + rel));
       }
-      js.known.clear();
+      js.candidates.clear();
       js.dir = dir;
     }
     js.root = root;
@@ -567,7 +648,11 @@ class watcher::impl {
     change = store::job_change{};
     change.job_uuid = uuid;
     change.remove_job = true;
-    for (auto& [path, cp] : it->second.known) change.events.push_back(deleted_event(uuid, cp));
+    for (auto& [rel, r] : it->second.candidates) {
+      if (r.indexed)
+        change.events.push_back(
+            deleted_event(uuid, identifier_of(rel, r), it->second.dir + "/" + rel));
+    }
     jobs_.erase(it);
     log::info("job ", uuid, " is gone");
   }
@@ -633,7 +718,7 @@ class watcher::impl {
     if (t.kind == task::scan_job) {
       if (auto it = jobs_.find(t.job); it != jobs_.end()) {
         it->second.scanning = true;
-        it->second.seen_in_scan.clear();
+        for (auto& [rel, r] : it->second.candidates) r.seen_in_scan = false;
       }
     }
     tasks_.push_back(std::move(t));
@@ -805,10 +890,9 @@ class watcher::impl {
     js.scanning = false;
     status_due_.insert(uuid);
     std::vector<std::string> unconfirmed;
-    for (auto& [path, cp] : js.known) {
-      if (!js.seen_in_scan.contains(path)) unconfirmed.push_back(path);
+    for (auto& [rel, r] : js.candidates) {
+      if (r.indexed && !r.seen_in_scan) unconfirmed.push_back(js.dir + "/" + rel);
     }
-    js.seen_in_scan.clear();
     for (auto& path : unconfirmed) evaluate(uuid, path);
     if (js.how.polled) arm_job_poll(uuid);
   }
@@ -834,11 +918,13 @@ class watcher::impl {
     auto it = jobs_.find(uuid);
     if (it == jobs_.end()) return;
     auto& js = it->second;
-    if (js.scanning) js.seen_in_scan.insert(path);
+    if (!within(path, js.dir) || path.size() == js.dir.size()) return;
+    const std::string rel = path.substr(js.dir.size() + 1);
 
     std::uint64_t listing = 0;
-    auto verdict = judge(js, path, listing);
-    auto known = js.known.find(path);
+    auto judged = judge(js, path, rel, listing);
+    if (!judged) return;  // judged complete from this very listing before: indexed as it is
+    auto& verdict = *judged;
     if (verdict.verdict == state::settling) {
       if (!settled(path, verdict)) return;  // judged again when its quiet time is over
       verdict.verdict = state::complete;
@@ -848,11 +934,9 @@ class watcher::impl {
 
     if (verdict.verdict != state::complete) {
       if (!verdict.problem.empty()) note_problem(path, verdict.problem);
-      if (known != js.known.end()) {
-        log::info("checkpoint ", path, " of job ", uuid, " is gone");
-        pending_for(uuid).removed_paths.push_back(path);
-        pending_for(uuid).events.push_back(deleted_event(uuid, known->second));
-        js.known.erase(known);
+      if (auto r = js.candidates.find(rel); r != js.candidates.end()) {
+        if (r->second.indexed) unindex(js, rel, r->second);
+        if (!r->second.judged) js.candidates.erase(r);  // gone from the disk
       }
       return;
     }
@@ -867,14 +951,16 @@ class watcher::impl {
     cp.metrics = verdict.metrics;
     cp.fingerprint = verdict.fingerprint;
     cp.listing_hash = listing;
+    auto& r = js.candidates[rel];
+    r.verdict = state::complete;
     bool fresh = true;
-    if (known != js.known.end()) {
+    if (r.indexed) {
       // Unchanged evidence of completion: the same checkpoint, keep its time.
-      if (known->second.fingerprint == cp.fingerprint) {
-        cp.created_at_ns = known->second.created_at_ns;
+      if (r.fingerprint_hash == fingerprint_hash_of(cp)) {
+        cp.created_at_ns = r.created_at_ns;
         fresh = false;
       }
-      if (known->second == cp) return;
+      if (r.content_hash == content_hash_of(cp)) return;
     } else {
       log::info("checkpoint ", path, " of job ", uuid, " is complete (epoch ", cp.epoch, ")");
     }
@@ -883,30 +969,32 @@ class watcher::impl {
       if (events_seen_at_) completion_seen_.try_emplace(uuid, *events_seen_at_);
     }
     if (verdict.problem.empty()) problems_logged_.erase(path);
-    js.known[path] = cp;
+    remember_indexed(r, cp);
     pending_for(uuid).upserts.push_back(std::move(cp));
   }
 
-  // The layout's verdict on a candidate, or the remembered one when its
-  // listing has not changed since (no file is read then). `listing` receives
-  // the hash of the listing judged.
-  recognition judge(job_state& js, const std::string& path, std::uint64_t& listing) {
+  // The layout's verdict on a candidate; nullopt when it was judged complete
+  // from the same listing before (no file is read then: its record in the
+  // index stands), and an incomplete verdict at once when it was judged
+  // incomplete from the same listing. `listing` receives the hash of the
+  // listing judged.
+  std::optional<recognition> judge(job_state& js, const std::string& path, const std::string& rel,
+                                   std::uint64_t& listing) {
+    if (js.scanning) js.candidates[rel].seen_in_scan = true;
     auto view = view_from_disk(path, candidate_inner_depth);
     if (view && watch_new_interior(js, path, *view)) {
       // Files that landed in those folders before their watches existed.
       view = view_from_disk(path, candidate_inner_depth);
     }
+    auto& r = js.candidates[rel];
     if (!view) {
-      js.memos.erase(path);
-      return {};
+      r.judged = false;  // gone: evaluate forgets it
+      return recognition{};
     }
     listing = listing_hash(path, *view);
-    auto known = js.known.find(path);
-    auto memo_it = js.memos.find(path);
-    if (memo_it != js.memos.end() && memo_it->second.listing_hash == listing) {
-      if (memo_it->second.verdict == state::incomplete) return {};
-      if (memo_it->second.verdict == state::complete && known != js.known.end())
-        return remembered(known->second);
+    if (r.judged && r.listing_hash == listing) {
+      if (r.verdict == state::incomplete) return recognition{};
+      if (r.verdict == state::complete && r.indexed) return std::nullopt;
     }
     std::vector<std::string> children;
     for (const auto& f : view->files()) {
@@ -918,13 +1006,15 @@ class watcher::impl {
     // means the same files, so the record stands, created_at and metrics
     // included; a checkpoint rewritten in place changes its listing and is
     // read again.
-    if (memo_it == js.memos.end() && known != js.known.end() && l != nullptr &&
-        !l->reads_beside() && known->second.listing_hash == listing) {
-      js.memos[path] = memo{listing, state::complete};
-      return remembered(known->second);
+    const bool same_as_indexed = !r.judged && r.indexed && r.listing_hash == listing;
+    r.judged = true;
+    r.listing_hash = listing;
+    if (same_as_indexed && l != nullptr && !l->reads_beside()) {
+      r.verdict = state::complete;
+      return std::nullopt;
     }
     recognition verdict = l == nullptr ? recognition{} : l->recognise(*view);
-    js.memos[path] = memo{listing, verdict.verdict};
+    r.verdict = verdict.verdict;
     return verdict;
   }
 
@@ -958,18 +1048,6 @@ class watcher::impl {
       }
     }
     return hash.value();
-  }
-
-  static recognition remembered(const store::checkpoint& cp) {
-    recognition r;
-    r.verdict = state::complete;
-    r.identifier = cp.identifier;
-    r.epoch = cp.epoch;
-    r.step = cp.step;
-    r.metrics = cp.metrics;
-    r.completed_at_ns = cp.created_at_ns;
-    r.fingerprint = cp.fingerprint;
-    return r;
   }
 
   // Quiet-time rule for layouts without a completion marker: complete once
@@ -1086,11 +1164,8 @@ class watcher::impl {
                    "; retrying with a rescan");
         if (auto it = jobs_.find(uuid); it != jobs_.end()) {
           // Believe the store again, so the rescan writes what is missing.
-          it->second.known.clear();
-          it->second.memos.clear();
-          if (auto cps = index_.checkpoints(uuid)) {
-            for (auto& cp : *cps) it->second.known.emplace(cp.path, std::move(cp));
-          }
+          it->second.candidates.clear();
+          load_indexed(it->second);
           if (auto job = index_.find_job(uuid); job && *job) it->second.record = **job;
           it->second.incomplete_watch = true;
         }
@@ -1158,10 +1233,11 @@ class watcher::impl {
       if (final_at)
         f.final_artifact_mtime_ns = std::max(f.final_artifact_mtime_ns.value_or(0), *final_at);
     }
-    f.has_checkpoints = !js.known.empty();
-    for (auto& [path, cp] : js.known) {
-      if (f.earliest_checkpoint_ns == 0 || cp.created_at_ns < f.earliest_checkpoint_ns)
-        f.earliest_checkpoint_ns = cp.created_at_ns;
+    for (auto& [rel, r] : js.candidates) {
+      if (!r.indexed) continue;
+      f.has_checkpoints = true;
+      if (f.earliest_checkpoint_ns == 0 || r.created_at_ns < f.earliest_checkpoint_ns)
+        f.earliest_checkpoint_ns = r.created_at_ns;
     }
     f.birth_ns = birth_time_ns(js.dir);
     f.first_seen_ns = js.record.first_seen_ns;
@@ -1339,14 +1415,14 @@ class watcher::impl {
 
   void drop_known_under(const std::string& uuid, const std::string& dir) {
     auto& js = jobs_[uuid];
-    for (auto m = js.memos.lower_bound(dir); m != js.memos.end() && within(m->first, dir);)
-      m = js.memos.erase(m);
-    auto it = js.known.lower_bound(dir);
-    while (it != js.known.end() && within(it->first, dir)) {
-      log::info("checkpoint ", it->first, " of job ", uuid, " is gone");
-      pending_for(uuid).removed_paths.push_back(it->first);
-      pending_for(uuid).events.push_back(deleted_event(uuid, it->second));
-      it = js.known.erase(it);
+    if (within(dir, js.dir)) {
+      // Records are keyed relative to the job folder; "" covers all of them.
+      const std::string prefix = dir.size() == js.dir.size() ? "" : dir.substr(js.dir.size() + 1);
+      auto it = js.candidates.lower_bound(prefix);
+      while (it != js.candidates.end() && (prefix.empty() || within(it->first, prefix))) {
+        if (it->second.indexed) unindex(js, it->first, it->second);
+        it = js.candidates.erase(it);
+      }
     }
     forget_settling(dir);
   }
