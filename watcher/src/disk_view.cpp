@@ -349,18 +349,19 @@ std::unique_ptr<candidate_view> view_from_disk(const std::filesystem::path& path
   auto name = path.filename().string();
   if (name.empty()) name = path.parent_path().filename().string();
 
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0) return nullptr;
-  if (S_ISREG(st.st_mode)) {
+  // Most candidates are folders: open one straight away (O_DIRECTORY and
+  // O_NOFOLLOW refuse files and symlinks), and lstat only what is not one.
+  const int fd =
+      open_retrying(AT_FDCWD, path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno != ENOTDIR && errno != ELOOP) return nullptr;  // gone or unreadable
+    struct stat st {};
+    // Symlinks and special files are never candidates.
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return nullptr;
     auto view = std::make_unique<disk_view>(path, std::move(name), false);
     view->set_self(st);
     return view;
   }
-  if (!S_ISDIR(st.st_mode)) return nullptr;  // symlinks and special files are never candidates
-  // O_NOFOLLOW: if the folder was swapped for a symlink since lstat, fail.
-  const int fd =
-      open_retrying(AT_FDCWD, path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) return nullptr;
   auto view = std::make_unique<disk_view>(path, std::move(name), true);
   view->list(fd, std::clamp(max_depth, 1, max_depth_limit));
   return view;
