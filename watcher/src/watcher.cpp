@@ -307,8 +307,7 @@ class watcher::impl {
       for (auto& uuid : gone) remove_job(uuid);
       if (roots_[i].wd >= 0) {
         ::inotify_rm_watch(inotify_.native_handle(), roots_[i].wd);
-        nodes_.erase(roots_[i].wd);
-        wd_by_path_.erase(roots_[i].path);
+        forget_watch(roots_[i].wd);
       }
       roots_.erase(roots_.begin() + static_cast<std::ptrdiff_t>(i));
     }
@@ -428,8 +427,9 @@ class watcher::impl {
   bool index_healthy_ = true;  // as last reported through on_index_health
 
   std::vector<watch_root> roots_;
-  std::unordered_map<int, node> nodes_;    // wd -> node
-  std::map<std::string, int> wd_by_path_;  // path -> wd, ordered for subtree ranges
+  std::unordered_map<int, node> nodes_;  // wd -> node
+  // path -> wd, ordered for subtree ranges; keys point into nodes_ (see remember_watch)
+  std::map<std::string_view, int, std::less<>> wd_by_path_;
   std::map<std::string, job_state> jobs_;  // uuid -> job
   std::deque<task> tasks_;
   std::set<std::pair<std::string, std::string>> dirty_;  // (job, candidate path)
@@ -566,8 +566,7 @@ class watcher::impl {
         }
       } else {
         r.wd = wd;
-        nodes_[wd] = node{r.path, "", -1};
-        wd_by_path_[r.path] = wd;
+        remember_watch(wd, node{r.path, "", -1});
       }
     } else if (!is_dir_nofollow(r.path)) {
       note_problem(r.path, "watch root does not exist (yet)");
@@ -685,12 +684,29 @@ class watcher::impl {
       }
       return false;
     }
-    if (auto old = nodes_.find(wd); old != nodes_.end() && old->second.path != path) {
-      wd_by_path_.erase(old->second.path);  // the same folder under a new name
-    }
-    nodes_[wd] = node{path, job, depth};
-    wd_by_path_[path] = wd;
+    remember_watch(wd, node{path, job, depth});
     return true;
+  }
+
+  // nodes_ owns each watched path; the keys of wd_by_path_ are views of those
+  // strings (a node-based map keeps them in place), so each of 100,000s of
+  // watched folders has its path stored once.
+  void remember_watch(int wd, node n) {
+    forget_watch(wd);  // the same folder watched again, maybe under a new name
+    // An older watch of this path (the folder was replaced) keeps its node
+    // until its IN_IGNORED, but the path now means this watch.
+    if (auto same = wd_by_path_.find(n.path); same != wd_by_path_.end()) wd_by_path_.erase(same);
+    const auto& stored = nodes_[wd] = std::move(n);
+    wd_by_path_[stored.path] = wd;
+  }
+
+  void forget_watch(int wd) {
+    auto it = nodes_.find(wd);
+    if (it == nodes_.end()) return;
+    if (auto by_path = wd_by_path_.find(it->second.path);
+        by_path != wd_by_path_.end() && by_path->second == wd)
+      wd_by_path_.erase(by_path);  // before the node: its key is a view of the node's path
+    nodes_.erase(it);
   }
 
   void log_watch_limit() {
@@ -707,8 +723,9 @@ class watcher::impl {
     auto it = wd_by_path_.lower_bound(dir);
     while (it != wd_by_path_.end() && within(it->first, dir)) {
       ::inotify_rm_watch(inotify_.native_handle(), it->second);  // may already be gone: fine
-      nodes_.erase(it->second);
-      it = wd_by_path_.erase(it);
+      const int wd = it->second;
+      it = wd_by_path_.erase(it);  // before the node: its key is a view of the node's path
+      nodes_.erase(wd);
     }
   }
 
@@ -1317,8 +1334,7 @@ class watcher::impl {
     auto it = nodes_.find(ev.wd);
     if (it == nodes_.end()) return;  // a watch we already dropped
     if (ev.mask & IN_IGNORED) {
-      wd_by_path_.erase(it->second.path);
-      nodes_.erase(it);
+      forget_watch(ev.wd);
       return;
     }
     const node n = it->second;  // copy: handlers below may rehash nodes_
