@@ -258,6 +258,20 @@ BOOST_AUTO_TEST_CASE(restart_reconciles_changes_made_while_down) {
   }
 }
 
+// Rewrites the "epoch" of a trainer_state.json in place (truncated and
+// written again, as a trainer overwriting it would: the folder's mtime stays).
+void rewrite_epoch_in_place(const std::filesystem::path& state_path, double epoch) {
+  std::string text;
+  {
+    std::ifstream in(state_path);
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  auto state = boost::json::parse(text).as_object();
+  state["epoch"] = epoch;
+  std::ofstream out(state_path, std::ios::trunc);
+  out << boost::json::serialize(state);
+}
+
 // The index remembers the listing each checkpoint was judged from, so that a
 // restart does not read unchanged checkpoints again; a checkpoint rewritten
 // in place while ckptd was down must still be read again and be new.
@@ -270,18 +284,8 @@ BOOST_AUTO_TEST_CASE(restart_reads_a_checkpoint_rewritten_while_down) {
   // checkpoint-20's trainer_state.json rewritten in place: a later epoch, a
   // later mtime.
   const auto state_path = run.checkpoint_dir(20) / "trainer_state.json";
-  std::string text;
-  {
-    std::ifstream in(state_path);
-    text.assign(std::istreambuf_iterator<char>(in), {});
-  }
-  auto state = boost::json::parse(text).as_object();
-  state["epoch"] = 7.0;
   const auto mtime = std::filesystem::last_write_time(state_path);
-  {
-    std::ofstream out(state_path, std::ios::trunc);
-    out << boost::json::serialize(state);
-  }
+  rewrite_epoch_in_place(state_path, 7.0);
   std::filesystem::last_write_time(state_path, mtime + std::chrono::seconds(5));
   {
     watched_daemon d(dir);
@@ -294,6 +298,32 @@ BOOST_AUTO_TEST_CASE(restart_reads_a_checkpoint_rewritten_while_down) {
     BOOST_TEST(std::string(rewritten.at("created_at").as_string()) != created[1]);
     BOOST_TEST(d.process.stop() == 0);
   }
+}
+
+// Polling does not read a candidate folder whose mtime has not moved (its
+// names are the same), but it still stats its files: a file rewritten in
+// place, which leaves the folder's mtime alone, is read again.
+BOOST_AUTO_TEST_CASE(polling_sees_a_file_rewritten_in_an_old_folder) {
+  temp_dir dir;
+  const auto job_dir = dir / "runs" / "job";
+  std::filesystem::create_directories(job_dir);
+  hf_run run(job_dir, {.steps_per_epoch = 10});
+  run.save(10);
+  // Old enough for its mtime to be trusted.
+  const auto folder = run.checkpoint_dir(10);
+  const auto old_mtime = std::filesystem::last_write_time(folder) - std::chrono::hours(1);
+  std::filesystem::last_write_time(folder, old_mtime);
+  watched_daemon d(dir, {"--watch-mode", "poll", "--poll-interval", "0.2"});
+  BOOST_TEST_REQUIRE(eventually([&] { return checkpoints_of(d.port(), "job").size() == 1u; }));
+  BOOST_TEST(checkpoints_of(d.port(), "job")[0].as_object().at("epoch").as_int64() == 1);
+  std::this_thread::sleep_for(500ms);  // a few polls that find nothing new
+
+  rewrite_epoch_in_place(folder / "trainer_state.json", 7.0);
+  BOOST_TEST((std::filesystem::last_write_time(folder) == old_mtime));
+  BOOST_TEST(eventually(
+      [&] { return checkpoints_of(d.port(), "job")[0].as_object().at("epoch").as_int64() == 7; },
+      5s));
+  BOOST_TEST(d.process.stop() == 0);
 }
 
 BOOST_AUTO_TEST_CASE(kill_9_loses_nothing) {

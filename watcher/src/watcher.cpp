@@ -371,6 +371,13 @@ class watcher::impl {
   // only) and, when the index holds it as a checkpoint, what deciding on its
   // next judgement needs. There is one per checkpoint, 100,000s of them, so
   // it holds no path and no fingerprint, only hashes: the index has the rest.
+  // A polled candidate folder holding regular files only: its mtime and the
+  // names it held when listed ('\0'-separated).
+  struct flat_folder {
+    std::int64_t mtime_ns = 0;
+    std::string names;
+  };
+
   struct candidate_record {
     // The listing last judged; for an indexed record not yet judged in this
     // run, the one the index stored with it. 0: none.
@@ -379,6 +386,8 @@ class watcher::impl {
     std::uint64_t content_hash = 0;      // indexed: of the whole record, as written
     std::int64_t created_at_ns = 0;      // indexed: as in the index
     std::string identifier;              // indexed: empty when it is the candidate's name
+    // Polled flat folders only: see listing_by_names.
+    std::unique_ptr<flat_folder> flat;
     state verdict = state::incomplete;
     bool judged = false;        // listing_hash and verdict come from this run
     bool indexed = false;       // the index holds it as a checkpoint
@@ -998,6 +1007,16 @@ class watcher::impl {
   std::optional<recognition> judge(job_state& js, const std::string& path, const std::string& rel,
                                    std::uint64_t& listing) {
     if (js.scanning) js.candidates[rel].seen_in_scan = true;
+    if (js.how.polled) {
+      auto& known = js.candidates[rel];
+      if (known.judged && listing_by_names(path, known) == known.listing_hash) {
+        listing = known.listing_hash;
+        if (known.verdict == state::incomplete) return recognition{};
+        if (known.verdict == state::complete && known.indexed) return std::nullopt;
+      }
+    }
+    // Taken before the listing: a change while it is read then shows next time.
+    const std::int64_t folder_mtime = js.how.polled ? trusted_folder_mtime(path) : 0;
     auto view = view_from_disk(path, candidate_inner_depth);
     if (view && watch_new_interior(js, path, *view)) {
       // Files that landed in those folders before their watches existed.
@@ -1009,6 +1028,7 @@ class watcher::impl {
       return recognition{};
     }
     listing = listing_hash(path, *view);
+    remember_names(r, *view, folder_mtime);
     if (r.judged && r.listing_hash == listing) {
       if (r.verdict == state::incomplete) return recognition{};
       if (r.verdict == state::complete && r.indexed) return std::nullopt;
@@ -1035,24 +1055,86 @@ class watcher::impl {
     return verdict;
   }
 
+  // ---- polling: folders whose names did not change ---------------------------
+  //
+  // A folder's mtime moves when an entry is added, removed or renamed in it,
+  // not when a file inside is rewritten. So while a polled candidate folder
+  // keeps its mtime, it holds the names it held, and its listing is rebuilt
+  // by stat-ing those names, without opening and reading the folder. Only
+  // flat folders (regular files only) are remembered this way: a subfolder's
+  // changes do not move the candidate's mtime.
+
+  // The folder's mtime, or 0 when it is too recent to rely on: an entry added
+  // within the filesystem's timestamp granularity of the last change may
+  // leave the mtime as it was (the "racy git" problem).
+  static std::int64_t trusted_folder_mtime(const std::string& path) {
+    constexpr std::int64_t racy_window_ns = 2'000'000'000;
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return 0;
+    const std::int64_t mtime = st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec;
+    return now_ns() - mtime > racy_window_ns ? mtime : 0;
+  }
+
+  static void remember_names(candidate_record& r, const candidate_view& view,
+                             std::int64_t folder_mtime) {
+    r.flat.reset();
+    if (folder_mtime == 0 || !view.is_dir()) return;
+    auto flat = std::make_unique<flat_folder>();
+    for (const auto& f : view.files()) {
+      if (f.is_dir) return;
+      flat->names.append(f.rel).push_back('\0');
+    }
+    flat->names.shrink_to_fit();
+    flat->mtime_ns = folder_mtime;
+    r.flat = std::move(flat);
+  }
+
+  // The listing hash of a remembered flat folder whose mtime has not moved,
+  // from a stat of each name; 0 when that does not apply (then the folder is
+  // listed).
+  static std::uint64_t listing_by_names(const std::string& path, const candidate_record& r) {
+    if (!r.flat) return 0;
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) ||
+        st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec != r.flat->mtime_ns)
+      return 0;
+    const std::string& names = r.flat->names;
+    std::vector<file_info> files;
+    for (std::size_t at = 0; at < names.size();) {
+      const std::size_t end = names.find('\0', at);
+      std::string name = names.substr(at, end - at);
+      at = end + 1;
+      if (::lstat((path + "/" + name).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return 0;
+      files.push_back(file_info{std::move(name), false, static_cast<std::uint64_t>(st.st_size),
+                                st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec});
+    }
+    return listing_hash(path, /*is_dir=*/true, files);
+  }
+
   // A hash of everything the judgement of a candidate rests on: the names,
   // kinds, sizes and mtimes of everything in its view, and the files beside it
   // that a layout claiming it reads (layout::sibling_inputs: DeepSpeed's
   // "latest", Megatron's tracker, NeMo's "-unfinished" marker), whose change
   // alone must invalidate the memo, in inotify and in polling mode alike.
   static std::uint64_t listing_hash(const std::string& path, const candidate_view& view) {
+    return listing_hash(path, view.is_dir(), view.files());
+  }
+
+  static std::uint64_t listing_hash(const std::string& path, bool is_dir,
+                                    const std::vector<file_info>& files) {
     fingerprint_hash hash;
     // The hash is kept in the index across restarts (see judge): a build
     // whose layouts judge differently must not trust verdicts of an older one.
     hash.add(judging_rules_version);
-    for (const auto& f : view.files()) {
+    for (const auto& f : files) {
       hash.add(f);
       hash.add(std::uint64_t{f.is_dir});
     }
     const std::string parent = parent_of(path);
+    const std::string_view name = name_of(path);
     for (const layout* l : all_layouts()) {
-      if (!l->claims_name(view.name(), view.is_dir())) continue;
-      for (const auto& sibling : l->sibling_inputs(view.name(), view.is_dir())) {
+      if (!l->claims_name(name, is_dir)) continue;
+      for (const auto& sibling : l->sibling_inputs(name, is_dir)) {
         struct stat st {};
         const bool present = ::lstat((parent + "/" + sibling).c_str(), &st) == 0;
         hash.add(sibling);
