@@ -215,12 +215,17 @@ int run(daemon::settings s, int argc, char** argv) {
   watcher::callbacks cb;
   cb.on_job_changed = [&](const std::string& uuid) { pub.job_changed(uuid); };
   std::atomic<bool> reconciled{false};
+  // /readyz follows the index's health: while writes fail (full volume) the
+  // API keeps answering from what is indexed, but says it is not ready. Both
+  // callbacks run on the watcher's thread, where every index write happens,
+  // so readiness changes exactly when health does: no timer polls it.
   cb.on_reconciled = [&] {
     reconciled = true;
     server.set_ready(index.healthy());
     pub.report_status(/*force=*/true);
     service::notify("READY=1");
   };
+  cb.on_index_health = [&](bool healthy) { server.set_ready(reconciled && healthy); };
   watcher::watcher watch(watch_ctx, watcher_options(s), index, cb);
 
   int exit_code = 0;
@@ -267,18 +272,6 @@ int run(daemon::settings s, int argc, char** argv) {
     watcher_heartbeat = steady_now();
     ping();
   }
-
-  // /readyz follows the index's health: while writes fail (full volume) the
-  // API keeps answering from what is indexed, but says it is not ready.
-  net::steady_timer health_timer(http_ctx);
-  std::function<void()> check_health = [&] {
-    server.set_ready(reconciled && index.healthy());
-    health_timer.expires_after(std::chrono::seconds(1));
-    health_timer.async_wait([&](boost::system::error_code e) {
-      if (!e) check_health();
-    });
-  };
-  check_health();
 
   // SIGHUP: re-read the configuration; a bad one is refused, the old stays.
   net::signal_set hangup(http_ctx, SIGHUP);
@@ -330,7 +323,6 @@ int run(daemon::settings s, int argc, char** argv) {
     boost::system::error_code ignored;
     hangup.cancel(ignored);
     watchdog_timer.cancel();
-    health_timer.cancel();
     server.stop();
     stop_deadline = std::chrono::steady_clock::now() + shutdown_grace;
     finish_stop();

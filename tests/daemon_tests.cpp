@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <thread>
 
@@ -214,21 +215,26 @@ BOOST_AUTO_TEST_CASE(hugging_face_run_with_rotation_polling) {
   hugging_face_run_with_rotation({"--watch-mode", "poll", "--poll-interval", "0.2"});
 }
 
+// Saves steps 10 and 20 of `run` (job "job" under dir/runs), lets a daemon
+// index them and stop, and returns their created_at, in order.
+std::vector<std::string> index_steps_10_and_20(const temp_dir& dir, hf_run& run) {
+  run.save(10);
+  run.save(20);
+  watched_daemon d(dir);
+  BOOST_TEST_REQUIRE(eventually([&] { return checkpoints_of(d.port(), "job").size() == 2u; }));
+  std::vector<std::string> created;
+  for (auto& c : checkpoints_of(d.port(), "job"))
+    created.emplace_back(c.as_object().at("created_at").as_string());
+  BOOST_TEST(d.process.stop() == 0);
+  return created;
+}
+
 BOOST_AUTO_TEST_CASE(restart_reconciles_changes_made_while_down) {
   temp_dir dir;
   const auto job_dir = dir / "runs" / "job";
   std::filesystem::create_directories(job_dir);
   hf_run run(job_dir, {.steps_per_epoch = 10});
-  run.save(10);
-  run.save(20);
-  std::string created_20;
-  {
-    watched_daemon d(dir);
-    BOOST_TEST_REQUIRE(eventually([&] { return checkpoints_of(d.port(), "job").size() == 2u; }));
-    created_20 =
-        std::string(checkpoints_of(d.port(), "job")[1].as_object().at("created_at").as_string());
-    BOOST_TEST(d.process.stop() == 0);
-  }
+  const std::string created_20 = index_steps_10_and_20(dir, run)[1];
   // While ckptd is down: one checkpoint deleted, one added, a new job, a job gone.
   remove_tree(run.checkpoint_dir(10));
   run.save(30);
@@ -250,6 +256,74 @@ BOOST_AUTO_TEST_CASE(restart_reconciles_changes_made_while_down) {
     BOOST_TEST(get(d.port(), artifacts_target("other")).status == 404);
     BOOST_TEST(d.process.stop() == 0);
   }
+}
+
+// Rewrites the "epoch" of a trainer_state.json in place (truncated and
+// written again, as a trainer overwriting it would: the folder's mtime stays).
+void rewrite_epoch_in_place(const std::filesystem::path& state_path, double epoch) {
+  std::string text;
+  {
+    std::ifstream in(state_path);
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  auto state = boost::json::parse(text).as_object();
+  state["epoch"] = epoch;
+  std::ofstream out(state_path, std::ios::trunc);
+  out << boost::json::serialize(state);
+}
+
+// The index remembers the listing each checkpoint was judged from, so that a
+// restart does not read unchanged checkpoints again; a checkpoint rewritten
+// in place while ckptd was down must still be read again and be new.
+BOOST_AUTO_TEST_CASE(restart_reads_a_checkpoint_rewritten_while_down) {
+  temp_dir dir;
+  const auto job_dir = dir / "runs" / "job";
+  std::filesystem::create_directories(job_dir);
+  hf_run run(job_dir, {.steps_per_epoch = 10});
+  const auto created = index_steps_10_and_20(dir, run);
+  // checkpoint-20's trainer_state.json rewritten in place: a later epoch, a
+  // later mtime.
+  const auto state_path = run.checkpoint_dir(20) / "trainer_state.json";
+  const auto mtime = std::filesystem::last_write_time(state_path);
+  rewrite_epoch_in_place(state_path, 7.0);
+  std::filesystem::last_write_time(state_path, mtime + std::chrono::seconds(5));
+  {
+    watched_daemon d(dir);
+    auto list = checkpoints_of(d.port(), "job");
+    BOOST_TEST_REQUIRE(list.size() == 2u);
+    BOOST_TEST(std::string(list[0].as_object().at("created_at").as_string()) == created[0]);
+    const auto& rewritten = list[1].as_object();
+    BOOST_TEST(rewritten.at("identifier").as_string() == "checkpoint-20");
+    BOOST_TEST(rewritten.at("epoch").as_int64() == 7);
+    BOOST_TEST(std::string(rewritten.at("created_at").as_string()) != created[1]);
+    BOOST_TEST(d.process.stop() == 0);
+  }
+}
+
+// Polling does not read a candidate folder whose mtime has not moved (its
+// names are the same), but it still stats its files: a file rewritten in
+// place, which leaves the folder's mtime alone, is read again.
+BOOST_AUTO_TEST_CASE(polling_sees_a_file_rewritten_in_an_old_folder) {
+  temp_dir dir;
+  const auto job_dir = dir / "runs" / "job";
+  std::filesystem::create_directories(job_dir);
+  hf_run run(job_dir, {.steps_per_epoch = 10});
+  run.save(10);
+  // Old enough for its mtime to be trusted.
+  const auto folder = run.checkpoint_dir(10);
+  const auto old_mtime = std::filesystem::last_write_time(folder) - std::chrono::hours(1);
+  std::filesystem::last_write_time(folder, old_mtime);
+  watched_daemon d(dir, {"--watch-mode", "poll", "--poll-interval", "0.2"});
+  BOOST_TEST_REQUIRE(eventually([&] { return checkpoints_of(d.port(), "job").size() == 1u; }));
+  BOOST_TEST(checkpoints_of(d.port(), "job")[0].as_object().at("epoch").as_int64() == 1);
+  std::this_thread::sleep_for(500ms);  // a few polls that find nothing new
+
+  rewrite_epoch_in_place(folder / "trainer_state.json", 7.0);
+  BOOST_TEST((std::filesystem::last_write_time(folder) == old_mtime));
+  BOOST_TEST(eventually(
+      [&] { return checkpoints_of(d.port(), "job")[0].as_object().at("epoch").as_int64() == 7; },
+      5s));
+  BOOST_TEST(d.process.stop() == 0);
 }
 
 BOOST_AUTO_TEST_CASE(kill_9_loses_nothing) {

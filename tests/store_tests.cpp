@@ -516,6 +516,29 @@ BOOST_AUTO_TEST_CASE(encodings_are_pinned_little_endian) {
              "\x01\0\0\0f"s);                    // fingerprint
 }
 
+// The listing hash is written only when known, after the fingerprint, so
+// records written before it existed still decode (to 0, "unknown").
+BOOST_AUTO_TEST_CASE(checkpoint_listing_hash_round_trips_and_is_optional) {
+  auto c = full_checkpoint();
+  const auto without = codec::encode_checkpoint(c);
+  c.listing_hash = 0x0123456789abcdefull;
+  const auto with = codec::encode_checkpoint(c);
+  BOOST_TEST(with.size() == without.size() + 8);
+  BOOST_TEST(with.substr(0, without.size()) == without);
+  auto back = codec::decode_checkpoint(with, c.path);
+  BOOST_TEST_REQUIRE(back.has_value());
+  BOOST_TEST(*back == c);
+  auto old = codec::decode_checkpoint(without, c.path);
+  BOOST_TEST_REQUIRE(old.has_value());
+  BOOST_TEST(old->listing_hash == 0u);
+  for (std::size_t n = without.size() + 1; n < with.size(); ++n) {
+    expect_error(codec::decode_checkpoint(std::string_view(with).substr(0, n), c.path),
+                 errc::corrupt);
+  }
+  // A stored 0 would be a second encoding of "unknown".
+  expect_error(codec::decode_checkpoint(without + std::string(8, '\0'), c.path), errc::corrupt);
+}
+
 BOOST_AUTO_TEST_CASE(truncated_values_are_corrupt_at_every_length) {
   const auto checkpoint_bytes = codec::encode_checkpoint(full_checkpoint());
   for (std::size_t n = 0; n < checkpoint_bytes.size(); ++n) {

@@ -212,6 +212,8 @@ std::string encode_checkpoint(const checkpoint& c) {
     w.f64(c.metrics->perplexity);
   }
   w.str(c.fingerprint);
+  // Written only when known, so records without it keep their old bytes.
+  if (c.listing_hash != 0) w.u64(c.listing_hash);
   return std::move(w).take();
 }
 
@@ -237,7 +239,10 @@ result<checkpoint> decode_checkpoint(std::string_view value, std::string path) {
     }
     c.metrics = m;
   }
-  if (!r.str(c.fingerprint) || !r.at_end()) return corrupt();
+  if (!r.str(c.fingerprint)) return corrupt();
+  if (r.at_end()) return c;  // written without a listing hash
+  // A stored 0 would be a second encoding of "unknown": damage.
+  if (!r.u64(c.listing_hash) || c.listing_hash == 0 || !r.at_end()) return corrupt();
   return c;
 }
 

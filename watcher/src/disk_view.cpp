@@ -84,16 +84,26 @@ int open_file_for_read(int dirfd, const char* name) {
   return fd;
 }
 
+// A plain name for an entry of one folder: no '/', not "", "." or "..".
+bool is_plain_name(std::string_view name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string_view::npos;
+}
+
 constexpr int open_dir_flags = O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
 
-// Opens the folder at `rel` below `base` (`rel` "" is `base` itself), one
-// component at a time and refusing symlinks at every step. With `want_file`,
-// the last component is opened as a regular file for reading instead. -1
-// when anything is missing, refused or not of the kind asked for.
-int open_below(const std::filesystem::path& base, std::string_view rel, bool want_file) {
+// Opens the folder at `rel` below the folder open as `base_fd` (`rel` "" is
+// that folder itself), one component at a time and refusing symlinks at every
+// step. With `want_file`, the last component is opened as a regular file for
+// reading instead. -1 when anything is missing, refused or not of the kind
+// asked for. `base_fd` stays open.
+int open_below_fd(int base_fd, std::string_view rel, bool want_file) {
   if (!rel.empty() && rel.front() == '/') return -1;
   if (rel.empty() && want_file) return -1;
-  int dir = open_retrying(AT_FDCWD, base.c_str(), open_dir_flags);
+  if (want_file && is_plain_name(rel)) {
+    // The common case (a file directly in the candidate): one openat.
+    return open_file_for_read(base_fd, std::string(rel).c_str());
+  }
+  int dir = open_retrying(base_fd, ".", open_dir_flags);
   std::size_t start = 0;
   while (dir >= 0 && start < rel.size()) {
     const auto slash = rel.find('/', start);
@@ -118,6 +128,14 @@ int open_below(const std::filesystem::path& base, std::string_view rel, bool wan
   return -1;
 }
 
+// As open_below_fd, below the folder at the path `base`.
+int open_below(const std::filesystem::path& base, std::string_view rel, bool want_file) {
+  const int base_fd = open_retrying(AT_FDCWD, base.c_str(), open_dir_flags);
+  if (base_fd < 0) return -1;
+  const fd_guard guard(base_fd);
+  return open_below_fd(base_fd, rel, want_file);
+}
+
 // Up to `length` bytes from `offset` of the regular file open as `fd`.
 std::optional<std::string> read_range(int fd, std::uint64_t offset, std::uint64_t length) {
   const fd_guard file(fd);
@@ -139,11 +157,6 @@ std::optional<std::string> read_range(int fd, std::uint64_t offset, std::uint64_
   return out;
 }
 
-// A plain name for an entry of one folder: no '/', not "", "." or "..".
-bool is_plain_name(std::string_view name) {
-  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string_view::npos;
-}
-
 class disk_view final : public candidate_view {
  public:
   disk_view(std::filesystem::path path, std::string name, bool is_dir)
@@ -162,10 +175,16 @@ class disk_view final : public candidate_view {
   bool is_dir() const override { return is_dir_; }
   const std::vector<file_info>& files() const override { return files_; }
 
+  ~disk_view() override {
+    if (self_dir_ != nullptr) ::closedir(self_dir_);
+  }
+  disk_view(const disk_view&) = delete;
+  disk_view& operator=(const disk_view&) = delete;
+
   std::optional<std::string> read(std::string_view rel, std::uint64_t offset,
                                   std::uint64_t length) const override {
-    const int fd = is_dir_ ? (rel.empty() ? -1 : open_below(path_, rel, /*want_file=*/true))
-                           : (rel.empty() ? open_self() : -1);
+    const int fd =
+        is_dir_ ? (rel.empty() ? -1 : open_in_self(rel)) : (rel.empty() ? open_self() : -1);
     if (fd < 0) return std::nullopt;
     return read_range(fd, offset, length);
   }
@@ -232,8 +251,16 @@ class disk_view final : public candidate_view {
     return out;
   }
 
+  // Lists the folder open as `root_fd` (taking ownership), whose directory
+  // stream then stays open until the view is destroyed: reads open files
+  // relative to it, without walking the absolute path again.
   void list(int root_fd, int max_depth) {
-    list_dir(root_fd, std::string(), 1, max_depth);
+    self_dir_ = ::fdopendir(root_fd);
+    if (self_dir_ == nullptr) {
+      ::close(root_fd);
+      return;
+    }
+    list_stream(self_dir_, std::string(), 1, max_depth);
     std::sort(files_.begin(), files_.end(),
               [](const file_info& a, const file_info& b) { return a.rel < b.rel; });
   }
@@ -251,6 +278,12 @@ class disk_view final : public candidate_view {
       ::close(dir_fd);
       return;
     }
+    list_stream(dir, prefix, depth, max_depth);
+    ::closedir(dir);
+  }
+
+  // Lists an open directory stream and, below it, its subfolders.
+  void list_stream(DIR* dir, const std::string& prefix, int depth, int max_depth) {
     std::vector<std::string> subfolders;
     while (const dirent* entry = ::readdir(dir)) {
       const std::string_view entry_name = entry->d_name;
@@ -281,10 +314,16 @@ class disk_view final : public candidate_view {
                                    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
       if (fd >= 0) list_dir(fd, sub + "/", depth + 1, max_depth);  // vanished: skip
     }
-    ::closedir(dir);
   }
 
   int open_self() const { return open_file_for_read(AT_FDCWD, path_.c_str()); }
+
+  // Opens the file at `rel` inside the candidate folder, relative to its
+  // open stream (by path only when the folder could not be listed).
+  int open_in_self(std::string_view rel) const {
+    if (self_dir_ == nullptr) return open_below(path_, rel, /*want_file=*/true);
+    return open_below_fd(::dirfd(self_dir_), rel, /*want_file=*/true);
+  }
 
   // The candidate's parent (up 0) or the parent's parent (up 1), or nullptr.
   const std::filesystem::path* base_of(int up) const {
@@ -300,6 +339,7 @@ class disk_view final : public candidate_view {
   bool is_dir_;
   std::vector<file_info> files_;
   bool truncated_ = false;
+  DIR* self_dir_ = nullptr;  // the candidate folder, while the view lives
 };
 
 }  // namespace
@@ -309,18 +349,19 @@ std::unique_ptr<candidate_view> view_from_disk(const std::filesystem::path& path
   auto name = path.filename().string();
   if (name.empty()) name = path.parent_path().filename().string();
 
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0) return nullptr;
-  if (S_ISREG(st.st_mode)) {
+  // Most candidates are folders: open one straight away (O_DIRECTORY and
+  // O_NOFOLLOW refuse files and symlinks), and lstat only what is not one.
+  const int fd =
+      open_retrying(AT_FDCWD, path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno != ENOTDIR && errno != ELOOP) return nullptr;  // gone or unreadable
+    struct stat st {};
+    // Symlinks and special files are never candidates.
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return nullptr;
     auto view = std::make_unique<disk_view>(path, std::move(name), false);
     view->set_self(st);
     return view;
   }
-  if (!S_ISDIR(st.st_mode)) return nullptr;  // symlinks and special files are never candidates
-  // O_NOFOLLOW: if the folder was swapped for a symlink since lstat, fail.
-  const int fd =
-      open_retrying(AT_FDCWD, path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) return nullptr;
   auto view = std::make_unique<disk_view>(path, std::move(name), true);
   view->list(fd, std::clamp(max_depth, 1, max_depth_limit));
   return view;

@@ -20,6 +20,9 @@ constexpr std::size_t zip_end_bytes = 22;
 constexpr std::size_t zip64_locator_bytes = 20;
 constexpr std::size_t zip64_end_min_bytes = 56;
 constexpr std::uint32_t zip_field_in_zip64 = 0xFFFFFFFF;
+// The first read of a safetensors file: its 8-byte length and, for the
+// headers of all but the largest models, the whole header.
+constexpr std::uint64_t safetensors_first_read_bytes = 64 * 1024;
 
 std::uint64_t load_le(std::string_view bytes, std::size_t at, std::size_t width) {
   std::uint64_t v = 0;
@@ -130,7 +133,9 @@ std::string safetensors_problem(const candidate_view& c, const file_info& f) {
   const std::string what = label(c, f);
   if (f.is_dir) return what + ": is a folder, not a safetensors file";
   if (f.size < 8) return what + ": shorter than the 8-byte header length; still being written?";
-  const auto head = c.read(f.rel, 0, 8);
+  // One read covers the length and, for all but huge headers, the header
+  // itself: a second open and read only when the header is longer.
+  const auto head = c.read(f.rel, 0, std::min<std::uint64_t>(f.size, safetensors_first_read_bytes));
   if (!head) return what + ": cannot be read (gone?)";
   if (head->size() < 8) return what + ": shrank while being read";
   const std::uint64_t header_bytes = load_le(*head, 0, 8);
@@ -139,12 +144,17 @@ std::string safetensors_problem(const candidate_view& c, const file_info& f) {
   }
   if (header_bytes > f.size - 8)
     return what + ": truncated inside its header; still being written?";
-  const auto header = c.read(f.rel, 8, header_bytes);
-  if (!header) return what + ": cannot be read (gone?)";
-  if (header->size() < header_bytes) return what + ": shrank while being read";
+  std::optional<std::string> long_header;
+  if (head->size() - 8 < header_bytes) {
+    long_header = c.read(f.rel, 8, header_bytes);
+    if (!long_header) return what + ": cannot be read (gone?)";
+    if (long_header->size() < header_bytes) return what + ": shrank while being read";
+  }
+  const std::string_view header = long_header ? std::string_view(*long_header)
+                                              : std::string_view(*head).substr(8, header_bytes);
 
   boost::system::error_code ec;
-  const auto root = boost::json::parse(*header, ec);
+  const auto root = boost::json::parse(header, ec);
   const auto* tensors = ec ? nullptr : root.if_object();
   if (!tensors) return what + ": header is not a JSON object";
   std::uint64_t data_end = 0;
@@ -300,6 +310,9 @@ boost::json::value parse_python_json(std::string_view text, boost::system::error
       in_string = true;
       continue;
     }
+    // Only these three bytes can start a literal to swap: skip the compares
+    // for every other byte (this loop runs over every trainer_state.json).
+    if (ch != 'N' && ch != 'I' && ch != '-') continue;
     std::size_t length = 0;
     if (text.compare(i, 3, "NaN") == 0) {
       length = 3;

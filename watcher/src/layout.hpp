@@ -131,6 +131,12 @@ class layout {
     (void)candidate_name, (void)is_dir;
     return {};
   }
+  // Whether recognise() reads files further from the candidate than its
+  // sibling_inputs (read_beside / list_beside: torchtune's logs, Lightning's
+  // metrics.csv), which no listing of the candidate covers. A verdict of such
+  // a layout is never taken from the index after a restart: the files it read
+  // may have changed while ckptd was down.
+  virtual bool reads_beside() const { return false; }
   // Judges a claimed candidate from what is on disk.
   virtual recognition recognise(const candidate_view& c) const = 0;
 };

@@ -225,6 +225,7 @@ class lightning final : public layout {
  public:
   std::string_view name() const override { return "lightning"; }
   int specificity() const override { return lightning_specificity; }
+  bool reads_beside() const override { return true; }
 
   bool claims_name(std::string_view name, bool is_dir) const override {
     (void)is_dir;

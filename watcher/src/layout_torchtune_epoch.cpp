@@ -182,6 +182,7 @@ class torchtune_epoch final : public layout {
  public:
   std::string_view name() const override { return "torchtune"; }
   int specificity() const override { return torchtune_epoch_specificity; }
+  bool reads_beside() const override { return true; }
 
   bool claims_name(std::string_view name, bool is_dir) const override {
     return is_dir && parse_folder(name).has_value();

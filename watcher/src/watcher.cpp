@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -56,6 +57,9 @@ using clock = std::chrono::steady_clock;
 constexpr int tasks_per_turn = 64;
 // Folder levels watched inside a checkpoint folder (adapter/, weights/, ...).
 constexpr int candidate_inner_depth = 3;
+// Bump when a layout's rules change: listing hashes (and so the verdicts the
+// index remembers with them) of older builds then match nothing.
+constexpr std::uint64_t judging_rules_version = 1;
 // Read buffer for inotify: room for many events with long names.
 constexpr std::size_t inotify_buffer_bytes = 256 * 1024;
 
@@ -133,13 +137,14 @@ store::event created_event(const std::string& job, const store::checkpoint& cp) 
   return store::event{0, job, "checkpoint.created", std::move(data), 0};
 }
 
-store::event deleted_event(const std::string& job, const store::checkpoint& cp) {
+store::event deleted_event(const std::string& job, const std::string& identifier,
+                           const std::string& path) {
   std::string data = "{\"job_uuid\":";
   json_text::append_string(data, job);
   data += ",\"identifier\":";
-  json_text::append_string(data, cp.identifier);
+  json_text::append_string(data, identifier);
   data += ",\"path\":";
-  json_text::append_string(data, cp.path);
+  json_text::append_string(data, path);
   data += '}';
   return store::event{0, job, "checkpoint.deleted", std::move(data), 0};
 }
@@ -151,6 +156,31 @@ store::event status_event(const std::string& job, const std::string& status) {
   json_text::append_string(data, status);
   data += '}';
   return store::event{0, job, "job.status", std::move(data), 0};
+}
+
+// A checkpoint record's evidence of completion and whole content, hashed:
+// what the watcher keeps of it in memory (see candidate_record).
+std::uint64_t fingerprint_hash_of(const store::checkpoint& cp) {
+  fingerprint_hash hash;
+  hash.add(cp.fingerprint);
+  return hash.value();
+}
+
+std::uint64_t content_hash_of(const store::checkpoint& cp) {
+  fingerprint_hash hash;
+  hash.add(cp.identifier);
+  hash.add(static_cast<std::uint64_t>(cp.epoch));
+  hash.add(static_cast<std::uint64_t>(cp.step));
+  hash.add(static_cast<std::uint64_t>(cp.created_at_ns));
+  hash.add(std::uint64_t{cp.metrics.has_value()});
+  if (cp.metrics) {
+    hash.add(static_cast<std::uint64_t>(cp.metrics->epoch));
+    for (double v : {cp.metrics->train_loss, cp.metrics->validation_loss, cp.metrics->perplexity})
+      hash.add(std::bit_cast<std::uint64_t>(v));
+  }
+  hash.add(cp.fingerprint);
+  hash.add(cp.listing_hash);
+  return hash.value();
 }
 
 // The folder's birth time where the filesystem records one; 0 otherwise.
@@ -355,21 +385,41 @@ class watcher::impl {
     int depth = 0;    // 0 = the job folder itself
   };
 
-  // What a candidate looked like when last judged: a hash of its listing
-  // (names, sizes, mtimes) and the verdict. An unchanged listing is not read
-  // again, so an event next to a finished checkpoint costs a listing only.
-  struct memo {
+  // What ckptd remembers of one candidate: its last judgement (a hash of its
+  // listing — names, sizes, mtimes — and the verdict: an unchanged listing is
+  // not read again, so an event next to a finished checkpoint costs a listing
+  // only) and, when the index holds it as a checkpoint, what deciding on its
+  // next judgement needs. There is one per checkpoint, 100,000s of them, so
+  // it holds no path and no fingerprint, only hashes: the index has the rest.
+  // A polled candidate folder holding regular files only: its mtime and the
+  // names it held when listed ('\0'-separated).
+  struct flat_folder {
+    std::int64_t mtime_ns = 0;
+    std::string names;
+  };
+
+  struct candidate_record {
+    // The listing last judged; for an indexed record not yet judged in this
+    // run, the one the index stored with it. 0: none.
     std::uint64_t listing_hash = 0;
+    std::uint64_t fingerprint_hash = 0;  // indexed: of its evidence of completion
+    std::uint64_t content_hash = 0;      // indexed: of the whole record, as written
+    std::int64_t created_at_ns = 0;      // indexed: as in the index
+    std::string identifier;              // indexed: empty when it is the candidate's name
+    // Polled flat folders only: see listing_by_names.
+    std::unique_ptr<flat_folder> flat;
     state verdict = state::incomplete;
+    bool judged = false;        // listing_hash and verdict come from this run
+    bool indexed = false;       // the index holds it as a checkpoint
+    bool seen_in_scan = false;  // judged during the job's current scan
   };
 
   struct job_state {
     std::string uuid;
     std::string dir;
-    std::string root;                                // watch root it came from; empty for --job
-    std::map<std::string, store::checkpoint> known;  // by path, equal to the store
-    std::set<std::string> seen_in_scan;              // candidates judged during a reconcile
-    std::map<std::string, memo> memos;               // candidate -> last judgement
+    std::string root;  // watch root it came from; empty for --job
+    // By path relative to `dir` ("checkpoint-500", "run/epoch_1").
+    std::map<std::string, candidate_record> candidates;
     // Weakly claimed folders judged not to be their layout's checkpoints,
     // searched inside like plain folders (search_inside); cleared by a full
     // scan, which walks them again.
@@ -408,10 +458,12 @@ class watcher::impl {
   std::uint64_t max_watches_ = 0;
   std::string_view watch_limit_sysctl_ = "fs.inotify.max_user_watches";
   bool watch_limit_logged_ = false;
+  bool index_healthy_ = true;  // as last reported through on_index_health
 
   std::vector<watch_root> roots_;
-  std::unordered_map<int, node> nodes_;    // wd -> node
-  std::map<std::string, int> wd_by_path_;  // path -> wd, ordered for subtree ranges
+  std::unordered_map<int, node> nodes_;  // wd -> node
+  // path -> wd, ordered for subtree ranges; keys point into nodes_ (see remember_watch)
+  std::map<std::string_view, int, std::less<>> wd_by_path_;
   std::map<std::string, job_state> jobs_;  // uuid -> job
   std::deque<task> tasks_;
   std::set<std::pair<std::string, std::string>> dirty_;  // (job, candidate path)
@@ -423,6 +475,7 @@ class watcher::impl {
   bool index_outage_ = false;
   std::set<std::string> unwritten_;        // jobs whose latest changes the index lacks
   std::map<std::string, int> unreadable_;  // folder -> errno; see note_unreadable
+  std::set<std::string> unannounced_;  // jobs written but not yet announced (still scanning)
   // When the inotify events being handled were read, and per job the first
   // completion they revealed: the start of the ingest latency.
   std::optional<clock::time_point> events_seen_at_;
@@ -443,12 +496,53 @@ class watcher::impl {
       js.uuid = j.uuid;
       js.dir = j.dir;
       js.record = j;
-      if (auto cps = index_.checkpoints(j.uuid)) {
-        for (auto& cp : *cps) js.known.emplace(cp.path, std::move(cp));
-      } else {
-        log::error("cannot read checkpoints of job ", j.uuid, ": ", cps.error().message());
-      }
+      load_indexed(js);
     }
+  }
+
+  // Believes the index about a job's checkpoints (at start, and after a
+  // failed write). A record outside the job's folder cannot be one of its
+  // checkpoints: it is removed.
+  void load_indexed(job_state& js) {
+    auto cps = index_.checkpoints(js.uuid);
+    if (!cps) {
+      log::error("cannot read checkpoints of job ", js.uuid, ": ", cps.error().message());
+      return;
+    }
+    for (auto& cp : *cps) {
+      if (!within(cp.path, js.dir) || cp.path.size() == js.dir.size()) {
+        pending_for(js.uuid).removed_paths.push_back(cp.path);
+        pending_for(js.uuid).events.push_back(deleted_event(js.uuid, cp.identifier, cp.path));
+        continue;
+      }
+      auto& r = js.candidates[cp.path.substr(js.dir.size() + 1)];
+      r = candidate_record{};
+      r.listing_hash = cp.listing_hash;
+      r.verdict = state::complete;
+      remember_indexed(r, cp);
+    }
+  }
+
+  static void remember_indexed(candidate_record& r, const store::checkpoint& cp) {
+    r.indexed = true;
+    r.created_at_ns = cp.created_at_ns;
+    r.fingerprint_hash = fingerprint_hash_of(cp);
+    r.content_hash = content_hash_of(cp);
+    r.identifier = cp.identifier == name_of(cp.path) ? std::string() : cp.identifier;
+  }
+
+  // The path and identifier of an indexed candidate, for its deletion.
+  static std::string identifier_of(const std::string& rel, const candidate_record& r) {
+    return r.identifier.empty() ? std::string(name_of(rel)) : r.identifier;
+  }
+
+  // Records the removal of an indexed candidate from the index, with its event.
+  void unindex(job_state& js, const std::string& rel, candidate_record& r) {
+    const std::string path = js.dir + "/" + rel;
+    log::info("checkpoint ", path, " of job ", js.uuid, " is gone");
+    pending_for(js.uuid).removed_paths.push_back(path);
+    pending_for(js.uuid).events.push_back(deleted_event(js.uuid, identifier_of(rel, r), path));
+    r.indexed = false;
   }
 
   // A configured folder given through a symlink is watched where it points.
@@ -525,8 +619,7 @@ class watcher::impl {
         }
       } else {
         r.wd = wd;
-        nodes_[wd] = node{r.path, "", -1};
-        wd_by_path_[r.path] = wd;
+        remember_watch(wd, node{r.path, "", -1});
       }
     } else if (int error = hidden_by(r.path)) {
       note_unreadable(r.path, error);
@@ -614,11 +707,13 @@ class watcher::impl {
     js.uuid = uuid;
     if (js.dir != dir) {
       // The job moved (or is new): whatever was indexed under the old folder is stale.
-      for (auto& [path, cp] : js.known) {
-        pending_for(uuid).removed_paths.push_back(path);
-        pending_for(uuid).events.push_back(deleted_event(uuid, cp));
+      for (auto& [rel, r] : js.candidates) {
+        if (!r.indexed) continue;
+        pending_for(uuid).removed_paths.push_back(js.dir + "/" + rel);
+        pending_for(uuid).events.push_back(
+            deleted_event(uuid, identifier_of(rel, r), js.dir + "/" + rel));
       }
-      js.known.clear();
+      js.candidates.clear();
       js.dir = dir;
     }
     js.root = root;
@@ -644,7 +739,11 @@ class watcher::impl {
     change = store::job_change{};
     change.job_uuid = uuid;
     change.remove_job = true;
-    for (auto& [path, cp] : it->second.known) change.events.push_back(deleted_event(uuid, cp));
+    for (auto& [rel, r] : it->second.candidates) {
+      if (r.indexed)
+        change.events.push_back(
+            deleted_event(uuid, identifier_of(rel, r), it->second.dir + "/" + rel));
+    }
     jobs_.erase(it);
     log::info("job ", uuid, " is gone");
   }
@@ -680,11 +779,7 @@ class watcher::impl {
       }
       return false;
     }
-    if (auto old = nodes_.find(wd); old != nodes_.end() && old->second.path != path) {
-      wd_by_path_.erase(old->second.path);  // the same folder under a new name
-    }
-    nodes_[wd] = node{path, job, depth};
-    wd_by_path_[path] = wd;
+    remember_watch(wd, node{path, job, depth});
     return true;
   }
 
@@ -698,6 +793,27 @@ class watcher::impl {
     max_watches_ = namespace_binds ? in_namespace : global;
     watch_limit_sysctl_ =
         namespace_binds ? "user.max_inotify_watches" : "fs.inotify.max_user_watches";
+  }
+
+  // nodes_ owns each watched path; the keys of wd_by_path_ are views of those
+  // strings (a node-based map keeps them in place), so each of 100,000s of
+  // watched folders has its path stored once.
+  void remember_watch(int wd, node n) {
+    forget_watch(wd);  // the same folder watched again, maybe under a new name
+    // An older watch of this path (the folder was replaced) keeps its node
+    // until its IN_IGNORED, but the path now means this watch.
+    if (auto same = wd_by_path_.find(n.path); same != wd_by_path_.end()) wd_by_path_.erase(same);
+    const auto& stored = nodes_[wd] = std::move(n);
+    wd_by_path_[stored.path] = wd;
+  }
+
+  void forget_watch(int wd) {
+    auto it = nodes_.find(wd);
+    if (it == nodes_.end()) return;
+    if (auto by_path = wd_by_path_.find(it->second.path);
+        by_path != wd_by_path_.end() && by_path->second == wd)
+      wd_by_path_.erase(by_path);  // before the node: its key is a view of the node's path
+    nodes_.erase(it);
   }
 
   void log_watch_limit() {
@@ -714,8 +830,9 @@ class watcher::impl {
     auto it = wd_by_path_.lower_bound(dir);
     while (it != wd_by_path_.end() && within(it->first, dir)) {
       ::inotify_rm_watch(inotify_.native_handle(), it->second);  // may already be gone: fine
-      nodes_.erase(it->second);
-      it = wd_by_path_.erase(it);
+      const int wd = it->second;
+      it = wd_by_path_.erase(it);  // before the node: its key is a view of the node's path
+      nodes_.erase(wd);
     }
   }
 
@@ -725,7 +842,7 @@ class watcher::impl {
     if (t.kind == task::scan_job) {
       if (auto it = jobs_.find(t.job); it != jobs_.end()) {
         it->second.scanning = true;
-        it->second.seen_in_scan.clear();
+        for (auto& [rel, r] : it->second.candidates) r.seen_in_scan = false;
       }
     }
     tasks_.push_back(std::move(t));
@@ -817,7 +934,7 @@ class watcher::impl {
     }
     std::vector<task> next;
     if (depth > 0 && has_manifest(entries)) {
-      watch_candidate_interior(job, dir, depth);
+      // Already watched (before this listing); judging watches its inside.
       next.push_back({task::evaluate, job, dir, 0});
     } else {
       for (auto& e : entries) {
@@ -825,7 +942,9 @@ class watcher::impl {
         std::string path = dir + "/" + e.name;
         if (claimed_by_name(e.name, e.is_dir)) {
           if (depth + 1 > opts_.max_depth) continue;
-          if (e.is_dir) watch_candidate_interior(job, path, depth + 1);
+          // Only the folder itself: judging lists it anyway, and watches
+          // what is inside then (watch_new_interior).
+          if (e.is_dir) watch_dir(path, job, depth + 1);
           next.push_back({task::evaluate, job, path, 0});
         } else if (e.is_dir && depth + 1 <= opts_.max_depth) {
           // Watch first, list later (when the task runs): nothing slips between.
@@ -873,6 +992,25 @@ class watcher::impl {
     }
   }
 
+  // Watches the folders inside a candidate folder that its listing shows and
+  // that are not watched yet. True when it added any: the caller lists again,
+  // since those folders were listed before their watches existed.
+  bool watch_new_interior(const job_state& js, const std::string& candidate,
+                          const candidate_view& view) {
+    if (js.how.polled || !view.is_dir() || !within(candidate, js.dir)) return false;
+    const auto below_job = std::string_view(candidate).substr(js.dir.size());
+    const int depth = static_cast<int>(std::count(below_job.begin(), below_job.end(), '/'));
+    bool added = false;
+    for (const auto& f : view.files()) {
+      if (!f.is_dir) continue;
+      std::string sub = candidate + "/" + f.rel;
+      if (wd_by_path_.contains(sub)) continue;
+      const int level = 1 + static_cast<int>(std::count(f.rel.begin(), f.rel.end(), '/'));
+      added = watch_dir(sub, js.uuid, depth + level) || added;
+    }
+    return added;
+  }
+
   // A job's scan is done: whatever the index holds that the scan did not
   // confirm is judged again on its own (it is most likely gone).
   void finish_job(const std::string& uuid) {
@@ -882,10 +1020,9 @@ class watcher::impl {
     js.scanning = false;
     status_due_.insert(uuid);
     std::vector<std::string> unconfirmed;
-    for (auto& [path, cp] : js.known) {
-      if (!js.seen_in_scan.contains(path)) unconfirmed.push_back(path);
+    for (auto& [rel, r] : js.candidates) {
+      if (r.indexed && !r.seen_in_scan) unconfirmed.push_back(js.dir + "/" + rel);
     }
-    js.seen_in_scan.clear();
     for (auto& path : unconfirmed) evaluate(uuid, path);
     if (js.how.polled) arm_job_poll(uuid);
   }
@@ -911,11 +1048,14 @@ class watcher::impl {
     auto it = jobs_.find(uuid);
     if (it == jobs_.end()) return;
     auto& js = it->second;
-    if (js.scanning) js.seen_in_scan.insert(path);
+    if (!within(path, js.dir) || path.size() == js.dir.size()) return;
+    const std::string rel = path.substr(js.dir.size() + 1);
 
-    auto verdict = judge(js, path);
+    std::uint64_t listing = 0;
+    auto judged = judge(js, path, rel, listing);
+    if (!judged) return;  // judged complete from this very listing before: indexed as it is
+    auto& verdict = *judged;
     open_if_not_its_layouts(js, path, verdict.verdict);
-    auto known = js.known.find(path);
     if (verdict.verdict == state::settling) {
       if (!settled(path, verdict)) return;  // judged again when its quiet time is over
       verdict.verdict = state::complete;
@@ -925,17 +1065,17 @@ class watcher::impl {
 
     if (verdict.verdict != state::complete) {
       if (!verdict.problem.empty()) note_problem(path, verdict.problem);
-      if (known != js.known.end()) {
-        if (int error = hidden_by(path)) {
-          // Not gone, only out of sight (a folder above lost its permission):
-          // kept as indexed until it can be judged again.
-          note_unreadable(path, error);
-          return;
+      if (auto r = js.candidates.find(rel); r != js.candidates.end()) {
+        if (r->second.indexed) {
+          if (int error = hidden_by(path)) {
+            // Not gone, only out of sight (a folder above lost its permission):
+            // kept as indexed until it can be judged again.
+            note_unreadable(path, error);
+            return;
+          }
+          unindex(js, rel, r->second);
         }
-        log::info("checkpoint ", path, " of job ", uuid, " is gone");
-        pending_for(uuid).removed_paths.push_back(path);
-        pending_for(uuid).events.push_back(deleted_event(uuid, known->second));
-        js.known.erase(known);
+        if (!r->second.judged) js.candidates.erase(r);  // gone from the disk
       }
       return;
     }
@@ -949,14 +1089,17 @@ class watcher::impl {
     cp.created_at_ns = verdict.completed_at_ns;
     cp.metrics = verdict.metrics;
     cp.fingerprint = verdict.fingerprint;
+    cp.listing_hash = listing;
+    auto& r = js.candidates[rel];
+    r.verdict = state::complete;
     bool fresh = true;
-    if (known != js.known.end()) {
+    if (r.indexed) {
       // Unchanged evidence of completion: the same checkpoint, keep its time.
-      if (known->second.fingerprint == cp.fingerprint) {
-        cp.created_at_ns = known->second.created_at_ns;
+      if (r.fingerprint_hash == fingerprint_hash_of(cp)) {
+        cp.created_at_ns = r.created_at_ns;
         fresh = false;
       }
-      if (known->second == cp) return;
+      if (r.content_hash == content_hash_of(cp)) return;
     } else {
       log::info("checkpoint ", path, " of job ", uuid, " is complete (epoch ", cp.epoch, ")");
     }
@@ -965,7 +1108,7 @@ class watcher::impl {
       if (events_seen_at_) completion_seen_.try_emplace(uuid, *events_seen_at_);
     }
     if (verdict.problem.empty()) problems_logged_.erase(path);
-    js.known[path] = cp;
+    remember_indexed(r, cp);
     pending_for(uuid).upserts.push_back(std::move(cp));
   }
 
@@ -993,30 +1136,116 @@ class watcher::impl {
         std::count(path.begin() + static_cast<std::ptrdiff_t>(js.dir.size()), path.end(), '/'));
   }
 
-  // The layout's verdict on a candidate, or the remembered one when its
-  // listing has not changed since (no file is read then).
-  recognition judge(job_state& js, const std::string& path) {
-    auto view = view_from_disk(path, candidate_inner_depth);
-    if (!view) {
-      js.memos.erase(path);
-      return {};
+  // The layout's verdict on a candidate; nullopt when it was judged complete
+  // from the same listing before (no file is read then: its record in the
+  // index stands), and an incomplete verdict at once when it was judged
+  // incomplete from the same listing. `listing` receives the hash of the
+  // listing judged.
+  std::optional<recognition> judge(job_state& js, const std::string& path, const std::string& rel,
+                                   std::uint64_t& listing) {
+    if (js.scanning) js.candidates[rel].seen_in_scan = true;
+    if (js.how.polled) {
+      auto& known = js.candidates[rel];
+      if (known.judged && listing_by_names(path, known) == known.listing_hash) {
+        listing = known.listing_hash;
+        if (known.verdict == state::incomplete) return recognition{};
+        if (known.verdict == state::complete && known.indexed) return std::nullopt;
+      }
     }
-    std::uint64_t hash = listing_hash(path, *view);
-    auto memo_it = js.memos.find(path);
-    if (memo_it != js.memos.end() && memo_it->second.listing_hash == hash) {
-      auto known = js.known.find(path);
-      if (memo_it->second.verdict == state::incomplete) return {};
-      if (memo_it->second.verdict == state::complete && known != js.known.end())
-        return remembered(known->second);
+    // Taken before the listing: a change while it is read then shows next time.
+    const std::int64_t folder_mtime = js.how.polled ? trusted_folder_mtime(path) : 0;
+    auto view = view_from_disk(path, candidate_inner_depth);
+    if (view && watch_new_interior(js, path, *view)) {
+      // Files that landed in those folders before their watches existed.
+      view = view_from_disk(path, candidate_inner_depth);
+    }
+    auto& r = js.candidates[rel];
+    if (!view) {
+      r.judged = false;  // gone: evaluate forgets it
+      return recognition{};
+    }
+    listing = listing_hash(path, *view);
+    remember_names(r, *view, folder_mtime);
+    if (r.judged && r.listing_hash == listing) {
+      if (r.verdict == state::incomplete) return recognition{};
+      if (r.verdict == state::complete && r.indexed) return std::nullopt;
     }
     std::vector<std::string> children;
     for (const auto& f : view->files()) {
       if (!f.rel.empty() && f.rel.find('/') == std::string::npos) children.push_back(f.rel);
     }
     const layout* l = choose_layout(view->name(), view->is_dir(), children);
+    // First look since a restart: the index remembers the listing its record
+    // was judged from. The same listing (names, sizes, mtimes, sibling inputs)
+    // means the same files, so the record stands, created_at and metrics
+    // included; a checkpoint rewritten in place changes its listing and is
+    // read again.
+    const bool same_as_indexed = !r.judged && r.indexed && r.listing_hash == listing;
+    r.judged = true;
+    r.listing_hash = listing;
+    if (same_as_indexed && l != nullptr && !l->reads_beside()) {
+      r.verdict = state::complete;
+      return std::nullopt;
+    }
     recognition verdict = l == nullptr ? recognition{} : l->recognise(*view);
-    js.memos[path] = memo{hash, verdict.verdict};
+    r.verdict = verdict.verdict;
     return verdict;
+  }
+
+  // ---- polling: folders whose names did not change ---------------------------
+  //
+  // A folder's mtime moves when an entry is added, removed or renamed in it,
+  // not when a file inside is rewritten. So while a polled candidate folder
+  // keeps its mtime, it holds the names it held, and its listing is rebuilt
+  // by stat-ing those names, without opening and reading the folder. Only
+  // flat folders (regular files only) are remembered this way: a subfolder's
+  // changes do not move the candidate's mtime.
+
+  // The folder's mtime, or 0 when it is too recent to rely on: an entry added
+  // within the filesystem's timestamp granularity of the last change may
+  // leave the mtime as it was (the "racy git" problem).
+  static std::int64_t trusted_folder_mtime(const std::string& path) {
+    constexpr std::int64_t racy_window_ns = 2'000'000'000;
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return 0;
+    const std::int64_t mtime = st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec;
+    return now_ns() - mtime > racy_window_ns ? mtime : 0;
+  }
+
+  static void remember_names(candidate_record& r, const candidate_view& view,
+                             std::int64_t folder_mtime) {
+    r.flat.reset();
+    if (folder_mtime == 0 || !view.is_dir()) return;
+    auto flat = std::make_unique<flat_folder>();
+    for (const auto& f : view.files()) {
+      if (f.is_dir) return;
+      flat->names.append(f.rel).push_back('\0');
+    }
+    flat->names.shrink_to_fit();
+    flat->mtime_ns = folder_mtime;
+    r.flat = std::move(flat);
+  }
+
+  // The listing hash of a remembered flat folder whose mtime has not moved,
+  // from a stat of each name; 0 when that does not apply (then the folder is
+  // listed).
+  static std::uint64_t listing_by_names(const std::string& path, const candidate_record& r) {
+    if (!r.flat) return 0;
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) ||
+        st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec != r.flat->mtime_ns)
+      return 0;
+    const std::string& names = r.flat->names;
+    std::vector<file_info> files;
+    for (std::size_t at = 0; at < names.size();) {
+      const std::size_t end = names.find('\0', at);
+      std::string name = names.substr(at, end - at);
+      at = end + 1;
+      if (::lstat((path + "/" + name).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return 0;
+      files.push_back(file_info{std::move(name), false, static_cast<std::uint64_t>(st.st_size),
+                                st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec});
+    }
+    return listing_hash(path, /*is_dir=*/true, files);
   }
 
   // A hash of everything the judgement of a candidate rests on: the names,
@@ -1025,15 +1254,24 @@ class watcher::impl {
   // "latest", Megatron's tracker, NeMo's "-unfinished" marker), whose change
   // alone must invalidate the memo, in inotify and in polling mode alike.
   static std::uint64_t listing_hash(const std::string& path, const candidate_view& view) {
+    return listing_hash(path, view.is_dir(), view.files());
+  }
+
+  static std::uint64_t listing_hash(const std::string& path, bool is_dir,
+                                    const std::vector<file_info>& files) {
     fingerprint_hash hash;
-    for (const auto& f : view.files()) {
+    // The hash is kept in the index across restarts (see judge): a build
+    // whose layouts judge differently must not trust verdicts of an older one.
+    hash.add(judging_rules_version);
+    for (const auto& f : files) {
       hash.add(f);
       hash.add(std::uint64_t{f.is_dir});
     }
     const std::string parent = parent_of(path);
+    const std::string_view name = name_of(path);
     for (const layout* l : all_layouts()) {
-      if (!l->claims_name(view.name(), view.is_dir())) continue;
-      for (const auto& sibling : l->sibling_inputs(view.name(), view.is_dir())) {
+      if (!l->claims_name(name, is_dir)) continue;
+      for (const auto& sibling : l->sibling_inputs(name, is_dir)) {
         struct stat st {};
         const bool present = ::lstat((parent + "/" + sibling).c_str(), &st) == 0;
         hash.add(sibling);
@@ -1046,18 +1284,6 @@ class watcher::impl {
       }
     }
     return hash.value();
-  }
-
-  static recognition remembered(const store::checkpoint& cp) {
-    recognition r;
-    r.verdict = state::complete;
-    r.identifier = cp.identifier;
-    r.epoch = cp.epoch;
-    r.step = cp.step;
-    r.metrics = cp.metrics;
-    r.completed_at_ns = cp.created_at_ns;
-    r.fingerprint = cp.fingerprint;
-    return r;
   }
 
   // Quiet-time rule for layouts without a completion marker: complete once
@@ -1133,18 +1359,32 @@ class watcher::impl {
     return change;
   }
 
+  bool is_scanning(const std::string& uuid) const {
+    auto it = jobs_.find(uuid);
+    return it != jobs_.end() && it->second.scanning;
+  }
+
   // Writes every pending change (one batch per job), then tells the listener.
+  // A job being scanned is written as its scan goes but announced once, when
+  // the scan is done: the listener re-reads and re-serializes the whole job,
+  // so announcing it after every turn of a scan would cost quadratic time in
+  // the job's size. Its status is judged once at the end too (finish_job).
   // While the index cannot be written (see index_outage_), changes are held
   // back instead: the job is remembered in unwritten_, and
-  // write_held_back_changes() writes the difference between what the watcher
-  // knows and what the index holds once writes work again.
+  // write_held_back_changes() brings the index up to date once writes work.
   void flush() {
     for (auto& [uuid, change] : pending_) {
-      if (!change.remove_job) status_due_.insert(uuid);
+      if (!change.remove_job && !is_scanning(uuid)) status_due_.insert(uuid);
     }
     for (auto& uuid : std::exchange(status_due_, {})) {
       if (auto it = jobs_.find(uuid); it != jobs_.end()) refresh_status(it->second);
     }
+    write_pending();
+    announce_changed_jobs();
+    metrics::watches.set(static_cast<double>(nodes_.size()));
+  }
+
+  void write_pending() {
     if (pending_.empty()) return;
     auto pending = std::exchange(pending_, {});
     auto seen = std::exchange(completion_seen_, {});
@@ -1158,8 +1398,29 @@ class watcher::impl {
         metrics::ingest_latency.observe(
             std::chrono::duration<double>(clock::now() - at->second).count());
       }
+      unannounced_.insert(uuid);
     }
-    metrics::watches.set(static_cast<double>(nodes_.size()));
+  }
+
+  // Tells the listener of every written job whose scan is not under way.
+  void announce_changed_jobs() {
+    for (auto it = unannounced_.begin(); it != unannounced_.end();) {
+      if (is_scanning(*it)) {
+        ++it;
+        continue;
+      }
+      const std::string uuid = *it;
+      it = unannounced_.erase(it);
+      if (cb_.on_job_changed) cb_.on_job_changed(uuid);
+    }
+  }
+
+  // Tells the listener when the index's health moved since the last write.
+  void report_index_health() {
+    const bool healthy = index_.healthy();
+    if (healthy == index_healthy_) return;
+    index_healthy_ = healthy;
+    if (cb_.on_index_health) cb_.on_index_health(healthy);
   }
 
   static bool is_empty(const store::job_change& c) {
@@ -1167,22 +1428,25 @@ class watcher::impl {
            c.events.empty();
   }
 
-  // Applies one change and tells the listener. A failure starts an outage.
+  // Applies one change; the job is announced by announce_changed_jobs. A
+  // failure starts an outage.
   bool write(const store::job_change& change) {
-    if (auto r = index_.apply(change); !r) {
+    auto applied = index_.apply(change);
+    report_index_health();
+    if (!applied) {
       metrics::index_write_failures.inc();
-      if (r.error() == store::errc::invalid_argument) {
+      if (applied.error() == store::errc::invalid_argument) {
         // A bug, not an outage: retrying cannot help, and must not block the rest.
         log::error("the index refused a change to job ", change.job_uuid, ": ",
-                   r.error().message());
+                   applied.error().message());
         return true;
       }
       metrics::index_healthy.set(0);  // again, should a retry of another job have succeeded
-      if (!index_outage_) begin_index_outage(change.job_uuid, r.error().message());
+      if (!index_outage_) begin_index_outage(change.job_uuid, applied.error().message());
       return false;
     }
     metrics::index_healthy.set(1);
-    if (cb_.on_job_changed) cb_.on_job_changed(change.job_uuid);
+    unannounced_.insert(change.job_uuid);
     return true;
   }
 
@@ -1201,62 +1465,55 @@ class watcher::impl {
     metrics::index_changes_held_back.inc();
   }
 
-  // Retries held-back jobs, each as one change that brings the index from
-  // what it holds to what the watcher knows (the disk). The watcher kept
-  // following the disk meanwhile, so nothing needs rescanning, and
-  // intermediate states (a checkpoint created and deleted during the
-  // outage) leave no events.
+  // Retries held-back jobs. Each job's record (or its removal) is written
+  // first; then the watcher believes the index again about the job's
+  // checkpoints and scans the job anew, which writes what the index lacks and
+  // removes what the disk no longer holds. Checkpoints whose listing matches
+  // the hash the index keeps are not read again, and intermediate states (a
+  // checkpoint created and deleted during the outage) leave no events.
   void write_held_back_changes() {
+    if (!index_outage_) return;
     flush();  // anything pending joins the held-back jobs first
+    // Not before the index takes writes again (a flush reopens it and syncs
+    // its log): rescanning a job against an index that cannot take it would
+    // judge, and log, every held-back checkpoint again at each try.
+    if (!index_.flush()) return;
     while (!unwritten_.empty()) {
       const std::string uuid = *unwritten_.begin();
       auto change = catch_up_change(uuid);
-      if (!change) {
-        // The index cannot even be read (its reopen failed): a flush makes
-        // it try to reopen again, for the next round.
-        std::ignore = index_.flush();
-        return;
-      }
+      if (!change) return;  // the index cannot be read: the next round tries again
       if (!is_empty(*change) && !write(*change)) return;
       unwritten_.erase(uuid);
+      if (auto it = jobs_.find(uuid); it != jobs_.end()) {
+        it->second.candidates.clear();
+        load_indexed(it->second);
+        enqueue({task::scan_job, uuid, it->second.dir, 0});
+      }
     }
-    if (index_outage_) {
-      index_outage_ = false;
-      log::notice("the index is writable again; everything held back is written");
-    }
+    announce_changed_jobs();
+    index_outage_ = false;
+    log::notice("the index is writable again; what was held back is being written");
   }
 
-  // The change that makes the index's view of `uuid` equal the watcher's;
-  // nullopt when the index cannot be read.
+  // The change that brings the index's record of job `uuid` (not its
+  // checkpoints: see write_held_back_changes) to the watcher's; nullopt when
+  // the index cannot be read.
   std::optional<store::job_change> catch_up_change(const std::string& uuid) {
     auto stored_job = index_.find_job(uuid);
-    auto stored = index_.checkpoints(uuid);
-    if (!stored_job || !stored) return std::nullopt;
+    if (!stored_job) return std::nullopt;
     store::job_change change;
     change.job_uuid = uuid;
     auto it = jobs_.find(uuid);
     if (it == jobs_.end()) {
       // Removed while the index could not be written.
+      auto stored = index_.checkpoints(uuid);
+      if (!stored) return std::nullopt;
       if (!*stored_job && stored->empty()) return change;
       change.remove_job = true;
-      for (auto& cp : *stored) change.events.push_back(deleted_event(uuid, cp));
+      for (auto& cp : *stored) change.events.push_back(deleted_event(uuid, cp.identifier, cp.path));
       return change;
     }
     const auto& js = it->second;
-    std::map<std::string, const store::checkpoint*> by_path;
-    for (auto& cp : *stored) {
-      by_path.emplace(cp.path, &cp);
-      if (js.known.contains(cp.path)) continue;
-      change.removed_paths.push_back(cp.path);
-      change.events.push_back(deleted_event(uuid, cp));
-    }
-    for (auto& [path, cp] : js.known) {
-      auto s = by_path.find(path);
-      if (s != by_path.end() && *s->second == cp) continue;
-      change.upserts.push_back(cp);
-      if (s == by_path.end() || s->second->fingerprint != cp.fingerprint)
-        change.events.push_back(created_event(uuid, cp));
-    }
     if (!js.record.uuid.empty() && (!*stored_job || **stored_job != js.record)) {
       change.upsert_job = js.record;
       if (!*stored_job || (*stored_job)->status != js.record.status)
@@ -1302,10 +1559,11 @@ class watcher::impl {
       if (final_at)
         f.final_artifact_mtime_ns = std::max(f.final_artifact_mtime_ns.value_or(0), *final_at);
     }
-    f.has_checkpoints = !js.known.empty();
-    for (auto& [path, cp] : js.known) {
-      if (f.earliest_checkpoint_ns == 0 || cp.created_at_ns < f.earliest_checkpoint_ns)
-        f.earliest_checkpoint_ns = cp.created_at_ns;
+    for (auto& [rel, r] : js.candidates) {
+      if (!r.indexed) continue;
+      f.has_checkpoints = true;
+      if (f.earliest_checkpoint_ns == 0 || r.created_at_ns < f.earliest_checkpoint_ns)
+        f.earliest_checkpoint_ns = r.created_at_ns;
     }
     f.birth_ns = birth_time_ns(js.dir);
     f.first_seen_ns = js.record.first_seen_ns;
@@ -1385,8 +1643,7 @@ class watcher::impl {
     auto it = nodes_.find(ev.wd);
     if (it == nodes_.end()) return;  // a watch we already dropped
     if (ev.mask & IN_IGNORED) {
-      wd_by_path_.erase(it->second.path);
-      nodes_.erase(it);
+      forget_watch(ev.wd);
       return;
     }
     const node n = it->second;  // copy: handlers below may rehash nodes_
@@ -1490,16 +1747,16 @@ class watcher::impl {
 
   void drop_known_under(const std::string& uuid, const std::string& dir) {
     auto& js = jobs_[uuid];
-    for (auto m = js.memos.lower_bound(dir); m != js.memos.end() && within(m->first, dir);)
-      m = js.memos.erase(m);
     for (auto o = js.opened.lower_bound(dir); o != js.opened.end() && within(*o, dir);)
       o = js.opened.erase(o);
-    auto it = js.known.lower_bound(dir);
-    while (it != js.known.end() && within(it->first, dir)) {
-      log::info("checkpoint ", it->first, " of job ", uuid, " is gone");
-      pending_for(uuid).removed_paths.push_back(it->first);
-      pending_for(uuid).events.push_back(deleted_event(uuid, it->second));
-      it = js.known.erase(it);
+    if (within(dir, js.dir)) {
+      // Records are keyed relative to the job folder; "" covers all of them.
+      const std::string prefix = dir.size() == js.dir.size() ? "" : dir.substr(js.dir.size() + 1);
+      auto it = js.candidates.lower_bound(prefix);
+      while (it != js.candidates.end() && (prefix.empty() || within(it->first, prefix))) {
+        if (it->second.indexed) unindex(js, it->first, it->second);
+        it = js.candidates.erase(it);
+      }
     }
     forget_settling(dir);
   }

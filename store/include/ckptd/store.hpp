@@ -46,6 +46,11 @@ struct checkpoint {
   // Opaque evidence of completion (e.g. the marker file's size and mtime). A
   // different fingerprint for the same path means the checkpoint was rewritten.
   std::string fingerprint;
+  // Opaque to the store: a hash of what the watcher judged the checkpoint
+  // from (its folder's listing), so that a restart can take a checkpoint
+  // whose listing is unchanged as judged without reading its files again.
+  // 0 when unknown.
+  std::uint64_t listing_hash = 0;
   friend bool operator==(const checkpoint&, const checkpoint&) = default;
 };
 

@@ -75,6 +75,10 @@ struct callbacks {
   std::function<void(const std::string& job_uuid)> on_job_changed;
   // The first full scan has been reconciled with the store.
   std::function<void()> on_reconciled;
+  // The index's health (store::index::healthy()) changed with a write: it
+  // turned false when a write failed, true again when one succeeded. Lets
+  // readiness follow the index without anyone polling it.
+  std::function<void(bool healthy)> on_index_health;
 };
 
 class watcher {
