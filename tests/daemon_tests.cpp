@@ -1,8 +1,10 @@
 // Black-box tests: the real ckptd binary, a temporary training folder written
 // in the order each trainer writes it, and HTTP over 127.0.0.1.
 
+#include "support/api_views.hpp"
 #include "support/daemon_process.hpp"
 #include "support/fixtures.hpp"
+#include "support/api_views.hpp"
 #include "support/http_client.hpp"
 
 #include <boost/json.hpp>
@@ -22,25 +24,6 @@ using namespace ckptd::test;
 using namespace std::chrono_literals;
 
 namespace {
-
-std::string artifacts_target(const std::string& job) {
-  return "/v1/post-training/job/artifacts?job_uuid=" + job;
-}
-
-// The job's checkpoints as the API shows them; an empty array for 404.
-json::array checkpoints_of(std::uint16_t port, const std::string& job) {
-  auto res = get(port, artifacts_target(job));
-  if (res.status != 200) return {};
-  return json::parse(res.body).as_object().at("checkpoints").as_array();
-}
-
-std::vector<std::string> identifiers(const json::array& checkpoints) {
-  std::vector<std::string> out;
-  for (auto& c : checkpoints) out.emplace_back(c.as_object().at("identifier").as_string());
-  return out;
-}
-
-bool ready(std::uint16_t port) { return get(port, "/readyz").status == 200; }
 
 // A daemon watching `root` with a private index, started and ready.
 struct watched_daemon {

@@ -9,8 +9,10 @@
 //    are reflected.
 // Each scenario runs twice: with inotify, and with polling every 0.2 s.
 
+#include "support/api_views.hpp"
 #include "support/daemon_process.hpp"
 #include "support/fixtures.hpp"
+#include "support/api_views.hpp"
 #include "support/http_client.hpp"
 
 #include <boost/json.hpp>
@@ -39,23 +41,6 @@ constexpr auto writing_pause = 600ms;
 // The bound on any single wait for the daemon to catch up.
 constexpr auto catch_up = 8s;
 
-std::string artifacts_target(const std::string& job) {
-  return "/v1/post-training/job/artifacts?job_uuid=" + job;
-}
-
-json::array checkpoints_of(std::uint16_t port, const std::string& job) {
-  auto res = get(port, artifacts_target(job));
-  if (res.status != 200) return {};
-  return json::parse(res.body).as_object().at("checkpoints").as_array();
-}
-
-std::vector<std::string> identifiers(const json::array& checkpoints) {
-  std::vector<std::string> out;
-  for (auto& c : checkpoints) out.emplace_back(c.as_object().at("identifier").as_string());
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 std::optional<json::object> find(const json::array& checkpoints, const std::string& id) {
   for (auto& c : checkpoints) {
     if (c.as_object().at("identifier").as_string() == id) return c.as_object();
@@ -80,7 +65,13 @@ struct watched_daemon {
   // Waits until the job lists exactly `ids` (sorted or not).
   bool lists(const std::string& job, std::vector<std::string> ids) {
     std::sort(ids.begin(), ids.end());
-    return eventually([&] { return identifiers(checkpoints_of(port(), job)) == ids; }, catch_up);
+    return eventually(
+        [&] {
+          auto listed = identifiers(checkpoints_of(port(), job));
+          std::sort(listed.begin(), listed.end());
+          return listed == ids;
+        },
+        catch_up);
   }
   // After writing_pause, the job does not list `id`.
   bool never_lists(const std::string& job, const std::string& id) {

@@ -7,8 +7,10 @@
 //
 // Plain blocking POSIX sockets: thousands of them, with no io_context each.
 
+#include "support/api_views.hpp"
 #include "support/daemon_process.hpp"
 #include "support/fixtures.hpp"
+#include "support/api_views.hpp"
 #include "support/http_client.hpp"
 
 #include <boost/test/unit_test.hpp>
@@ -41,10 +43,6 @@ using namespace std::chrono_literals;
 using steady_clock = std::chrono::steady_clock;
 
 namespace {
-
-std::string artifacts_target(const std::string& job) {
-  return "/v1/post-training/job/artifacts?job_uuid=" + job;
-}
 
 std::string get_request(const std::string& target) {
   return "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";

@@ -7,8 +7,10 @@
 // Some cases need root (mounting a tmpfs, dropping privileges for the
 // permission case); without it they say so and skip.
 
+#include "support/api_views.hpp"
 #include "support/daemon_process.hpp"
 #include "support/fixtures.hpp"
+#include "support/api_views.hpp"
 #include "support/http_client.hpp"
 
 #include "codec.hpp"  // store/src: the schema key, to fake an index from a newer ckptd
@@ -46,25 +48,6 @@ using namespace ckptd::test;
 using namespace std::chrono_literals;
 
 namespace {
-
-std::string artifacts_target(const std::string& job) {
-  return "/v1/post-training/job/artifacts?job_uuid=" + job;
-}
-
-bool ready(std::uint16_t port) { return get(port, "/readyz").status == 200; }
-
-// The job's checkpoints as the API shows them; an empty array for 404.
-json::array checkpoints_of(std::uint16_t port, const std::string& job) {
-  auto res = get(port, artifacts_target(job));
-  if (res.status != 200) return {};
-  return json::parse(res.body).as_object().at("checkpoints").as_array();
-}
-
-std::vector<std::string> identifiers(const json::array& checkpoints) {
-  std::vector<std::string> out;
-  for (auto& c : checkpoints) out.emplace_back(c.as_object().at("identifier").as_string());
-  return out;
-}
 
 // Waits until the job lists exactly `expected`, in order.
 bool lists_eventually(std::uint16_t port, const std::string& job,
