@@ -4,7 +4,6 @@
 #include "support/api_views.hpp"
 #include "support/daemon_process.hpp"
 #include "support/fixtures.hpp"
-#include "support/api_views.hpp"
 #include "support/http_client.hpp"
 
 #include <boost/json.hpp>
@@ -510,6 +509,48 @@ BOOST_AUTO_TEST_CASE(refuses_bad_options_with_a_clear_message) {
   // --job without '=' names the option at fault and exits non-zero.
   BOOST_CHECK_THROW(daemon_process({"--job", "nodir", "--db", (dir / "db").string()}),
                     std::runtime_error);
+}
+
+// Security: symlinks inside a watch root are never followed, so nothing
+// outside the roots is indexed or named in a response: neither a checkpoint
+// linked in from elsewhere (before or while the daemon runs) nor a job folder
+// that is a link.
+BOOST_AUTO_TEST_CASE(symlinks_out_of_a_watch_root_are_never_followed) {
+  temp_dir dir;
+  const auto job_dir = dir / "runs" / "job";
+  const auto outside = dir / "outside" / "other-job";
+  std::filesystem::create_directories(job_dir);
+  std::filesystem::create_directories(outside);
+  hf_run inside(job_dir, {.steps_per_epoch = 10});
+  inside.save(10);
+  hf_run elsewhere(outside, {.steps_per_epoch = 10});
+  elsewhere.save(20);
+  elsewhere.save(30);
+  std::filesystem::create_directory_symlink(elsewhere.checkpoint_dir(20),
+                                            job_dir / "checkpoint-20");
+  std::filesystem::create_directory_symlink(outside, dir / "runs" / "linked-job");
+  watched_daemon d(dir);
+  const auto port = d.port();
+  const std::vector<std::string> only_inside{"checkpoint-10"};
+  BOOST_TEST_REQUIRE(
+      eventually([&] { return identifiers(checkpoints_of(port, "job")) == only_inside; }));
+
+  std::filesystem::create_directory_symlink(elsewhere.checkpoint_dir(30),
+                                            job_dir / "checkpoint-30");
+  inside.save(40);  // a real one after the link: once it shows, the link was seen too
+  BOOST_TEST_REQUIRE(eventually([&] { return checkpoints_of(port, "job").size() == 2u; }));
+  BOOST_TEST(identifiers(checkpoints_of(port, "job")) ==
+                 (std::vector<std::string>{"checkpoint-10", "checkpoint-40"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(get(port, artifacts_target("linked-job")).status == 404);
+  for (const std::string& target :
+       {artifacts_target("job"), std::string("/v1/post-training/jobs"),
+        std::string("/v1/post-training/job/status?job_uuid=job"), std::string("/metrics")}) {
+    const auto res = get(port, target);
+    BOOST_TEST(res.status == 200, target);
+    BOOST_TEST(res.body.find((dir / "outside").string()) == std::string::npos, target);
+  }
+  BOOST_TEST(d.process.stop() == 0);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -10,7 +10,6 @@
 #include "support/api_views.hpp"
 #include "support/daemon_process.hpp"
 #include "support/fixtures.hpp"
-#include "support/api_views.hpp"
 #include "support/http_client.hpp"
 
 #include "codec.hpp"  // store/src: the schema key, to fake an index from a newer ckptd
