@@ -71,7 +71,7 @@ class candidate_view {
   }
 };
 
-enum class state {
+enum class state : std::uint8_t {
   incomplete,  // not (yet) a usable checkpoint
   settling,    // complete once nothing under it changes for the settle time
   complete,    // its trainer considers it complete

@@ -22,6 +22,7 @@
 #include "formats.hpp"
 #include "job_status.hpp"
 #include "layout.hpp"
+#include "worker_pool.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -42,9 +43,11 @@
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <future>
 #include <map>
 #include <set>
 #include <system_error>
+#include <thread>
 #include <unordered_map>
 
 namespace ckptd::watcher {
@@ -55,6 +58,14 @@ using clock = std::chrono::steady_clock;
 
 // Tasks run per turn of the event loop before inotify gets its turn again.
 constexpr int tasks_per_turn = 64;
+// Candidates queued for judging that worker threads list and read ahead of
+// the engine (see look_ahead): enough to keep the workers busy while the
+// engine writes a turn's changes, few enough that the folders held open
+// stay a handful.
+constexpr std::size_t looks_ahead = 64;
+// Worker threads for that, at most: listing and reading are system calls,
+// which scale with cores until the filesystem's locks say otherwise.
+constexpr unsigned max_judging_threads = 4;
 // Folder levels watched inside a checkpoint folder (adapter/, weights/, ...).
 constexpr int candidate_inner_depth = 3;
 // Bump when a layout's rules change: listing hashes (and so the verdicts the
@@ -296,6 +307,9 @@ class watcher::impl {
     inotify_.assign(fd);
     read_watch_limit();
     log::info("inotify: up to ", max_watches_, " watches per user (", watch_limit_sysctl_, ")");
+    if (const unsigned cores = std::thread::hardware_concurrency(); cores > 1) {
+      pool_ = std::make_unique<worker_pool>(std::min(cores, max_judging_threads));
+    }
 
     load_known();
     for (const auto& root : opts_.roots) add_root(configured_path(root.path), how_to_follow(root));
@@ -359,6 +373,8 @@ class watcher::impl {
     rescan_timer_.cancel();
     for (auto& [path, s] : settling_) s.timer->cancel();
     inotify_.close(ignored);
+    looks_.clear();
+    pool_.reset();  // waits for the looks being taken: a listing or a read each
   }
 
  private:
@@ -405,7 +421,8 @@ class watcher::impl {
     std::uint64_t fingerprint_hash = 0;  // indexed: of its evidence of completion
     std::uint64_t content_hash = 0;      // indexed: of the whole record, as written
     std::int64_t created_at_ns = 0;      // indexed: as in the index
-    std::string identifier;              // indexed: empty when it is the candidate's name
+    // Indexed, and only when it is not the candidate's name (rarely).
+    std::unique_ptr<std::string> identifier;
     // Polled flat folders only: see listing_by_names.
     std::unique_ptr<flat_folder> flat;
     state verdict = state::incomplete;
@@ -429,6 +446,7 @@ class watcher::impl {
     store::job record;         // as in the index: dir, first seen, status
     bool status_dirty = true;  // the job folder's top level changed since the status was judged
     bool scanning = false;
+    std::size_t found_in_scan = 0;  // complete checkpoints new to the index, this scan
     bool incomplete_watch = false;  // some folder could not be watched
   };
 
@@ -436,6 +454,17 @@ class watcher::impl {
     clock::time_point last_activity;
     std::string size_signature;
     std::unique_ptr<net::steady_timer> timer;
+  };
+
+  // What judging a candidate takes from the disk: its view, the hash of its
+  // listing, the layout that owns it and, when asked for, that layout's
+  // verdict. Taken without any engine state (see look_at), so worker threads
+  // can take it ahead of the engine (see look_ahead).
+  struct look {
+    std::unique_ptr<candidate_view> view;  // nullptr: the candidate is gone
+    std::uint64_t listing = 0;
+    const layout* owner = nullptr;       // nullptr: no layout claims it
+    std::optional<recognition> verdict;  // unset: not asked for
   };
 
   struct task {
@@ -480,6 +509,11 @@ class watcher::impl {
   // completion they revealed: the start of the ingest latency.
   std::optional<clock::time_point> events_seen_at_;
   std::map<std::string, clock::time_point> completion_seen_;
+  // Threads that take looks at queued candidates ahead of the engine, and
+  // those looks by candidate path until evaluate() takes them (look_ahead).
+  // No pool on a single core.
+  std::unique_ptr<worker_pool> pool_;
+  std::unordered_map<std::string, std::future<look>> looks_;
 
   // ---- jobs and roots --------------------------------------------------------
 
@@ -528,12 +562,14 @@ class watcher::impl {
     r.created_at_ns = cp.created_at_ns;
     r.fingerprint_hash = fingerprint_hash_of(cp);
     r.content_hash = content_hash_of(cp);
-    r.identifier = cp.identifier == name_of(cp.path) ? std::string() : cp.identifier;
+    r.identifier = cp.identifier == name_of(cp.path)
+                       ? nullptr
+                       : std::make_unique<std::string>(cp.identifier);
   }
 
   // The path and identifier of an indexed candidate, for its deletion.
   static std::string identifier_of(const std::string& rel, const candidate_record& r) {
-    return r.identifier.empty() ? std::string(name_of(rel)) : r.identifier;
+    return r.identifier ? *r.identifier : std::string(name_of(rel));
   }
 
   // Records the removal of an indexed candidate from the index, with its event.
@@ -861,6 +897,7 @@ class watcher::impl {
   void pump() {
     if (stopped_) return;
     for (int i = 0; i < tasks_per_turn && !tasks_.empty(); ++i) {
+      look_ahead();
       task t = std::move(tasks_.front());
       tasks_.pop_front();
       run(t);
@@ -1018,6 +1055,11 @@ class watcher::impl {
     if (it == jobs_.end()) return;
     auto& js = it->second;
     js.scanning = false;
+    if (js.found_in_scan > 0) {
+      log::info("job ", uuid, ": ", js.found_in_scan, " complete checkpoint",
+                js.found_in_scan == 1 ? "" : "s", " found by a scan of ", js.dir);
+      js.found_in_scan = 0;
+    }
     status_due_.insert(uuid);
     std::vector<std::string> unconfirmed;
     for (auto& [rel, r] : js.candidates) {
@@ -1048,11 +1090,13 @@ class watcher::impl {
     auto it = jobs_.find(uuid);
     if (it == jobs_.end()) return;
     auto& js = it->second;
+    // Taken first, so that no look outlives the task it was taken for.
+    std::optional<look> ahead = take_look_ahead(path);
     if (!within(path, js.dir) || path.size() == js.dir.size()) return;
     const std::string rel = path.substr(js.dir.size() + 1);
 
     std::uint64_t listing = 0;
-    auto judged = judge(js, path, rel, listing);
+    auto judged = judge(js, path, rel, listing, std::move(ahead));
     if (!judged) return;  // judged complete from this very listing before: indexed as it is
     auto& verdict = *judged;
     open_if_not_its_layouts(js, path, verdict.verdict);
@@ -1100,6 +1144,10 @@ class watcher::impl {
         fresh = false;
       }
       if (r.content_hash == content_hash_of(cp)) return;
+    } else if (js.scanning) {
+      // A scan finds them by the hundred: one line per job (finish_job).
+      ++js.found_in_scan;
+      log::debug("checkpoint ", path, " of job ", uuid, " is complete (epoch ", cp.epoch, ")");
     } else {
       log::info("checkpoint ", path, " of job ", uuid, " is complete (epoch ", cp.epoch, ")");
     }
@@ -1136,15 +1184,83 @@ class watcher::impl {
         std::count(path.begin() + static_cast<std::ptrdiff_t>(js.dir.size()), path.end(), '/'));
   }
 
+  // Takes a look at a candidate. The layout's verdict is asked for only with
+  // `judge_unless`, and then unless the listing hashes to it: judge() then
+  // mostly keeps what it knows (a memo, the index's record) and otherwise
+  // asks the layout itself.
+  static look look_at(const std::string& path, std::optional<std::uint64_t> judge_unless) {
+    look out;
+    out.view = view_from_disk(path, candidate_inner_depth);
+    if (!out.view) return out;
+    out.listing = listing_hash(path, *out.view);
+    std::vector<std::string> children;
+    for (const auto& f : out.view->files()) {
+      if (!f.rel.empty() && f.rel.find('/') == std::string::npos) children.push_back(f.rel);
+    }
+    out.owner = choose_layout(out.view->name(), out.view->is_dir(), children);
+    if (out.owner != nullptr && judge_unless &&
+        (out.listing != *judge_unless || out.owner->reads_beside())) {
+      out.verdict = out.owner->recognise(*out.view);
+    }
+    return out;
+  }
+
+  // Hands the candidates of the evaluate tasks at the front of the queue to
+  // the worker threads, which list and read them while the engine runs what
+  // comes before. A look goes to the next evaluate() of its path, which is
+  // never earlier than the task it was taken for, and anything that changes
+  // after it was taken raises an inotify event (a candidate is watched before
+  // its task is queued, and folders inside it before its look is used: see
+  // watch_new_interior), so a later evaluate() sees the change. Polled jobs
+  // get no events and have a shortcut of their own (listing_by_names): they
+  // are judged inline.
+  void look_ahead() {
+    if (!pool_ || looks_.size() >= looks_ahead / 2) return;
+    std::size_t visited = 0;
+    for (const task& t : tasks_) {
+      if (looks_.size() >= looks_ahead || ++visited > 2 * looks_ahead) break;
+      if (t.kind != task::evaluate || looks_.contains(t.path)) continue;
+      const auto it = jobs_.find(t.job);
+      if (it == jobs_.end() || it->second.how.polled) continue;
+      const job_state& js = it->second;
+      if (!within(t.path, js.dir) || t.path.size() == js.dir.size()) continue;
+      // A listing the engine already knows needs no verdict (see judge).
+      std::uint64_t known = 0;
+      if (auto r = js.candidates.find(t.path.substr(js.dir.size() + 1));
+          r != js.candidates.end() && (r->second.judged || r->second.indexed)) {
+        known = r->second.listing_hash;
+      }
+      looks_.emplace(t.path,
+                     pool_->submit([path = t.path, known] { return look_at(path, known); }));
+    }
+  }
+
+  // The look taken ahead at `path` (waiting for the worker still taking it),
+  // or nullopt when none was or it failed (the engine then looks itself).
+  std::optional<look> take_look_ahead(const std::string& path) {
+    const auto it = looks_.find(path);
+    if (it == looks_.end()) return std::nullopt;
+    auto taking = std::move(it->second);
+    looks_.erase(it);
+    try {
+      return taking.get();
+    } catch (const std::exception& e) {
+      log::debug("looking at ", path, " ahead failed (", e.what(), "); looking again");
+      return std::nullopt;
+    }
+  }
+
   // The layout's verdict on a candidate; nullopt when it was judged complete
   // from the same listing before (no file is read then: its record in the
   // index stands), and an incomplete verdict at once when it was judged
   // incomplete from the same listing. `listing` receives the hash of the
-  // listing judged.
+  // listing judged. `ahead`: a look taken ahead by a worker (look_ahead).
   std::optional<recognition> judge(job_state& js, const std::string& path, const std::string& rel,
-                                   std::uint64_t& listing) {
+                                   std::uint64_t& listing, std::optional<look> ahead) {
     if (js.scanning) js.candidates[rel].seen_in_scan = true;
     if (js.how.polled) {
+      // The folder's mtime must be read before its listing (below).
+      ahead.reset();
       auto& known = js.candidates[rel];
       if (known.judged && listing_by_names(path, known) == known.listing_hash) {
         listing = known.listing_hash;
@@ -1154,27 +1270,23 @@ class watcher::impl {
     }
     // Taken before the listing: a change while it is read then shows next time.
     const std::int64_t folder_mtime = js.how.polled ? trusted_folder_mtime(path) : 0;
-    auto view = view_from_disk(path, candidate_inner_depth);
-    if (view && watch_new_interior(js, path, *view)) {
+    look seen = ahead ? std::move(*ahead) : look_at(path, std::nullopt);
+    if (seen.view && watch_new_interior(js, path, *seen.view)) {
       // Files that landed in those folders before their watches existed.
-      view = view_from_disk(path, candidate_inner_depth);
+      seen = look_at(path, std::nullopt);
     }
     auto& r = js.candidates[rel];
-    if (!view) {
+    if (!seen.view) {
       r.judged = false;  // gone: evaluate forgets it
       return recognition{};
     }
-    listing = listing_hash(path, *view);
-    remember_names(r, *view, folder_mtime);
+    listing = seen.listing;
+    remember_names(r, *seen.view, folder_mtime);
     if (r.judged && r.listing_hash == listing) {
       if (r.verdict == state::incomplete) return recognition{};
       if (r.verdict == state::complete && r.indexed) return std::nullopt;
     }
-    std::vector<std::string> children;
-    for (const auto& f : view->files()) {
-      if (!f.rel.empty() && f.rel.find('/') == std::string::npos) children.push_back(f.rel);
-    }
-    const layout* l = choose_layout(view->name(), view->is_dir(), children);
+    const layout* l = seen.owner;
     // First look since a restart: the index remembers the listing its record
     // was judged from. The same listing (names, sizes, mtimes, sibling inputs)
     // means the same files, so the record stands, created_at and metrics
@@ -1187,7 +1299,9 @@ class watcher::impl {
       r.verdict = state::complete;
       return std::nullopt;
     }
-    recognition verdict = l == nullptr ? recognition{} : l->recognise(*view);
+    recognition verdict = l == nullptr  ? recognition{}
+                          : seen.verdict ? std::move(*seen.verdict)
+                                         : l->recognise(*seen.view);
     r.verdict = verdict.verdict;
     return verdict;
   }
