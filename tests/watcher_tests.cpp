@@ -6,6 +6,7 @@
 #include "formats.hpp"
 #include "layout.hpp"
 #include "layouts.hpp"
+#include "worker_pool.hpp"
 #include "support/fixtures.hpp"
 
 #include <boost/json.hpp>
@@ -17,7 +18,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <future>
 #include <map>
+#include <set>
 #include <thread>
 
 namespace tt = boost::test_tools;
@@ -2225,6 +2228,61 @@ BOOST_AUTO_TEST_CASE(disk_view_beside) {
   BOOST_TEST(file->read_beside(1, "metrics.csv", 0, 5).value_or("") == "epoch");
   const auto slash = w::view_from_disk((run / "checkpoints" / "global_step1").string() + "/");
   BOOST_TEST(*slash->read_sibling("latest", 100) == "global_step1");
+}
+
+
+// ---- worker_pool: the threads that look at candidates ahead of the engine ----
+
+BOOST_AUTO_TEST_CASE(worker_pool_runs_every_job_and_hands_back_results) {
+  w::worker_pool pool(3);
+  BOOST_TEST(pool.threads() == 3u);
+  std::vector<std::future<std::pair<int, std::thread::id>>> results;
+  for (int i = 0; i < 200; ++i) {
+    results.push_back(pool.submit([i] { return std::make_pair(i * i, std::this_thread::get_id()); }));
+  }
+  std::set<std::thread::id> threads;
+  for (int i = 0; i < 200; ++i) {
+    auto [square, thread] = results[static_cast<std::size_t>(i)].get();
+    BOOST_TEST(square == i * i);
+    BOOST_TEST((thread != std::this_thread::get_id()));
+    threads.insert(thread);
+  }
+  BOOST_TEST(threads.size() >= 1u);
+  BOOST_TEST(threads.size() <= 3u);
+  BOOST_TEST(w::worker_pool(0).threads() == 1u);  // at least one
+}
+
+BOOST_AUTO_TEST_CASE(worker_pool_passes_exceptions_and_drops_unstarted_jobs) {
+  std::future<int> thrown;
+  std::vector<std::future<int>> queued;
+  std::promise<void> release;
+  {
+    w::worker_pool pool(1);
+    thrown = pool.submit([]() -> int { throw std::runtime_error("listing failed"); });
+    BOOST_CHECK_THROW(thrown.get(), std::runtime_error);
+    // The only thread is held; what is queued behind it never starts.
+    auto held = pool.submit([gate = release.get_future().share()] {
+      gate.wait();
+      return 1;
+    });
+    for (int i = 0; i < 5; ++i) queued.push_back(pool.submit([] { return 2; }));
+    std::thread opener([&release] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      release.set_value();
+    });
+    BOOST_TEST(held.get() == 1);
+    opener.join();
+    // Destroyed here: whatever has not started is dropped, and waited for
+    // nowhere.
+  }
+  for (auto& f : queued) {
+    BOOST_TEST((f.wait_for(std::chrono::seconds(0)) == std::future_status::ready));
+    try {
+      BOOST_TEST(f.get() == 2);  // started before the pool went
+    } catch (const std::future_error& e) {
+      BOOST_TEST((e.code() == std::future_errc::broken_promise));
+    }
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()
