@@ -822,6 +822,8 @@ BOOST_AUTO_TEST_CASE(rfc3339_times) {
   BOOST_TEST(api::rfc3339_utc(951782400000000000) == "2000-02-29T00:00:00.000000Z");
   BOOST_TEST(api::rfc3339_utc(std::numeric_limits<std::int64_t>::max()) ==
              "2262-04-11T23:47:16.854775Z");
+  BOOST_TEST(api::rfc3339_utc(std::numeric_limits<std::int64_t>::min()) ==
+             "1677-09-21T00:12:43.145224Z");
 }
 
 BOOST_AUTO_TEST_CASE(artifacts_body_exact_bytes) {

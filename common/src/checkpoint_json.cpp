@@ -139,14 +139,24 @@ std::string rfc3339_utc(std::int64_t ns_since_epoch) {
   const auto day = floor<days>(t);
   const year_month_day ymd{day};
   const hh_mm_ss<microseconds> time{floor<microseconds>(t - day)};
-  // The int64 nanosecond range spans the years 1677 to 2262: always four digits.
-  char text[40];
-  const int n = std::snprintf(
-      text, sizeof text, "%04d-%02u-%02uT%02d:%02d:%02d.%06dZ", static_cast<int>(ymd.year()),
-      static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
-      static_cast<int>(time.hours().count()), static_cast<int>(time.minutes().count()),
-      static_cast<int>(time.seconds().count()), static_cast<int>(time.subseconds().count()));
-  return std::string(text, static_cast<std::size_t>(n));
+  // Formatted by hand: every checkpoint of every body has one, and snprintf
+  // was a tenth of the CPU of indexing a large tree. The int64 nanosecond
+  // range spans the years 1677 to 2262: always four digits.
+  char text[] = "0000-00-00T00:00:00.000000Z";
+  const auto put = [&text](std::size_t at, std::size_t width, unsigned value) {
+    for (std::size_t i = at + width; i > at; --i) {
+      text[i - 1] = static_cast<char>('0' + value % 10);
+      value /= 10;
+    }
+  };
+  put(0, 4, static_cast<unsigned>(static_cast<int>(ymd.year())));
+  put(5, 2, static_cast<unsigned>(ymd.month()));
+  put(8, 2, static_cast<unsigned>(ymd.day()));
+  put(11, 2, static_cast<unsigned>(time.hours().count()));
+  put(14, 2, static_cast<unsigned>(time.minutes().count()));
+  put(17, 2, static_cast<unsigned>(time.seconds().count()));
+  put(20, 6, static_cast<unsigned>(time.subseconds().count()));
+  return std::string(text, sizeof text - 1);
 }
 
 void append_string(std::string& out, std::string_view text) {
