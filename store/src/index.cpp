@@ -670,10 +670,15 @@ class rocks_index final : public index {
   void close_locked(bool sync) {
     if (!db_) return;
     if (sync && mode_ == db_mode::read_write) {
-      // A clean shutdown leaves everything applied durable; the WAL replays
-      // on the next open, so there is no need to flush memtables here.
+      // A clean shutdown leaves everything applied durable. The memtable is
+      // written out too: otherwise the next start replays the WAL twice (the
+      // read-only schema check, then the real open), which took a third of
+      // a restart's CPU with 10,000 checkpoints. The WAL is synced first, so
+      // a failed flush loses nothing.
       if (const auto s = db_->FlushWAL(/*sync=*/true); !s.ok()) {
         emit(log_, "syncing the index WAL at close: " + s.ToString());
+      } else if (const auto f = db_->Flush(rocksdb::FlushOptions()); !f.ok()) {
+        emit(log_, "writing the index memtable at close: " + f.ToString());
       }
     }
     if (const auto s = db_->Close(); !s.ok()) {

@@ -461,10 +461,14 @@ class watcher::impl {
   // verdict. Taken without any engine state (see look_at), so worker threads
   // can take it ahead of the engine (see look_ahead).
   struct look {
-    std::unique_ptr<candidate_view> view;  // nullptr: the candidate is gone
+    bool gone = true;  // not there (or not a folder or regular file)
+    // Kept only when asked for (see look_at): a worker lets go of it, so
+    // that the folder is closed and the listing freed on its own thread.
+    std::unique_ptr<candidate_view> view;
     std::uint64_t listing = 0;
     const layout* owner = nullptr;       // nullptr: no layout claims it
     std::optional<recognition> verdict;  // unset: not asked for
+    std::vector<std::string> folders;    // inside it, relative: for watch_new_interior
   };
 
   struct task {
@@ -1033,16 +1037,15 @@ class watcher::impl {
   // that are not watched yet. True when it added any: the caller lists again,
   // since those folders were listed before their watches existed.
   bool watch_new_interior(const job_state& js, const std::string& candidate,
-                          const candidate_view& view) {
-    if (js.how.polled || !view.is_dir() || !within(candidate, js.dir)) return false;
+                          const std::vector<std::string>& folders) {
+    if (js.how.polled || folders.empty() || !within(candidate, js.dir)) return false;
     const auto below_job = std::string_view(candidate).substr(js.dir.size());
     const int depth = static_cast<int>(std::count(below_job.begin(), below_job.end(), '/'));
     bool added = false;
-    for (const auto& f : view.files()) {
-      if (!f.is_dir) continue;
-      std::string sub = candidate + "/" + f.rel;
+    for (const auto& rel : folders) {
+      std::string sub = candidate + "/" + rel;
       if (wd_by_path_.contains(sub)) continue;
-      const int level = 1 + static_cast<int>(std::count(f.rel.begin(), f.rel.end(), '/'));
+      const int level = 1 + static_cast<int>(std::count(rel.begin(), rel.end(), '/'));
       added = watch_dir(sub, js.uuid, depth + level) || added;
     }
     return added;
@@ -1188,20 +1191,24 @@ class watcher::impl {
   // `judge_unless`, and then unless the listing hashes to it: judge() then
   // mostly keeps what it knows (a memo, the index's record) and otherwise
   // asks the layout itself.
-  static look look_at(const std::string& path, std::optional<std::uint64_t> judge_unless) {
+  static look look_at(const std::string& path, std::optional<std::uint64_t> judge_unless,
+                      bool keep_view) {
     look out;
-    out.view = view_from_disk(path, candidate_inner_depth);
-    if (!out.view) return out;
-    out.listing = listing_hash(path, *out.view);
+    auto view = view_from_disk(path, candidate_inner_depth);
+    if (!view) return out;
+    out.gone = false;
+    out.listing = listing_hash(path, *view);
     std::vector<std::string> children;
-    for (const auto& f : out.view->files()) {
+    for (const auto& f : view->files()) {
       if (!f.rel.empty() && f.rel.find('/') == std::string::npos) children.push_back(f.rel);
+      if (f.is_dir && !f.rel.empty()) out.folders.push_back(f.rel);
     }
-    out.owner = choose_layout(out.view->name(), out.view->is_dir(), children);
+    out.owner = choose_layout(view->name(), view->is_dir(), children);
     if (out.owner != nullptr && judge_unless &&
         (out.listing != *judge_unless || out.owner->reads_beside())) {
-      out.verdict = out.owner->recognise(*out.view);
+      out.verdict = out.owner->recognise(*view);
     }
+    if (keep_view) out.view = std::move(view);
     return out;
   }
 
@@ -1230,8 +1237,9 @@ class watcher::impl {
           r != js.candidates.end() && (r->second.judged || r->second.indexed)) {
         known = r->second.listing_hash;
       }
-      looks_.emplace(t.path,
-                     pool_->submit([path = t.path, known] { return look_at(path, known); }));
+      looks_.emplace(t.path, pool_->submit([path = t.path, known] {
+        return look_at(path, known, /*keep_view=*/false);
+      }));
     }
   }
 
@@ -1270,23 +1278,33 @@ class watcher::impl {
     }
     // Taken before the listing: a change while it is read then shows next time.
     const std::int64_t folder_mtime = js.how.polled ? trusted_folder_mtime(path) : 0;
-    look seen = ahead ? std::move(*ahead) : look_at(path, std::nullopt);
-    if (seen.view && watch_new_interior(js, path, *seen.view)) {
+    look seen = ahead ? std::move(*ahead) : look_at(path, std::nullopt, /*keep_view=*/true);
+    if (!seen.gone && watch_new_interior(js, path, seen.folders)) {
       // Files that landed in those folders before their watches existed.
-      seen = look_at(path, std::nullopt);
+      seen = look_at(path, std::nullopt, /*keep_view=*/true);
     }
     auto& r = js.candidates[rel];
-    if (!seen.view) {
+    if (seen.gone) {
       r.judged = false;  // gone: evaluate forgets it
       return recognition{};
     }
     listing = seen.listing;
-    remember_names(r, *seen.view, folder_mtime);
+    if (seen.view) {
+      remember_names(r, *seen.view, folder_mtime);
+    } else {
+      r.flat.reset();  // a look taken ahead: never of a polled job
+    }
     if (r.judged && r.listing_hash == listing) {
       if (r.verdict == state::incomplete) return recognition{};
       if (r.verdict == state::complete && r.indexed) return std::nullopt;
     }
     const layout* l = seen.owner;
+    if (l != nullptr && !seen.verdict && !seen.view &&
+        !(!r.judged && r.indexed && r.listing_hash == listing && !l->reads_beside())) {
+      // Taken ahead without a verdict, for a candidate the engine has learnt
+      // more of since: look again, here.
+      return judge(js, path, rel, listing, std::nullopt);
+    }
     // First look since a restart: the index remembers the listing its record
     // was judged from. The same listing (names, sizes, mtimes, sibling inputs)
     // means the same files, so the record stands, created_at and metrics
@@ -1301,7 +1319,7 @@ class watcher::impl {
     }
     recognition verdict = l == nullptr  ? recognition{}
                           : seen.verdict ? std::move(*seen.verdict)
-                                         : l->recognise(*seen.view);
+                                         : l->recognise(*seen.view);  // kept: see above
     r.verdict = verdict.verdict;
     return verdict;
   }
