@@ -49,6 +49,7 @@
 #include <system_error>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 namespace ckptd::watcher {
 namespace {
@@ -529,35 +530,76 @@ class watcher::impl {
       log::error("cannot read jobs from the index: ", jobs.error().message());
       return;
     }
+    // Reading and decoding every record is most of a restart's work before
+    // the scan: the workers do it, job by job, and the engine takes the
+    // results in order.
+    std::vector<std::pair<job_state*, std::future<indexed_job>>> loading;
     for (auto& j : *jobs) {
       auto& js = jobs_[j.uuid];
       js.uuid = j.uuid;
       js.dir = j.dir;
       js.record = j;
-      load_indexed(js);
+      if (!pool_) {
+        load_indexed(js);
+        continue;
+      }
+      loading.emplace_back(&js, pool_->submit([&index = std::as_const(index_), uuid = js.uuid,
+                                               dir = js.dir] {
+        return read_indexed(index, uuid, dir);
+      }));
     }
+    for (auto& [js, reading] : loading) load_indexed(*js, reading.get());
+  }
+
+  // A job's checkpoints as the index holds them: as candidate records by
+  // path relative to the job's folder (in path order), and those outside
+  // the folder. Reads the index only, so any thread may call it.
+  struct indexed_job {
+    std::vector<std::pair<std::string, candidate_record>> inside;
+    std::vector<store::checkpoint> outside;
+    std::string error;  // empty unless the index could not be read
+  };
+
+  static indexed_job read_indexed(const store::index& index, const std::string& uuid,
+                                  const std::string& dir) {
+    indexed_job out;
+    auto cps = index.checkpoints(uuid);
+    if (!cps) {
+      out.error = cps.error().message();
+      return out;
+    }
+    out.inside.reserve(cps->size());
+    for (auto& cp : *cps) {
+      if (!within(cp.path, dir) || cp.path.size() == dir.size()) {
+        out.outside.push_back(std::move(cp));
+        continue;
+      }
+      candidate_record r;
+      r.listing_hash = cp.listing_hash;
+      r.verdict = state::complete;
+      remember_indexed(r, cp);
+      out.inside.emplace_back(cp.path.substr(dir.size() + 1), std::move(r));
+    }
+    return out;
   }
 
   // Believes the index about a job's checkpoints (at start, and after a
   // failed write). A record outside the job's folder cannot be one of its
   // checkpoints: it is removed.
-  void load_indexed(job_state& js) {
-    auto cps = index_.checkpoints(js.uuid);
-    if (!cps) {
-      log::error("cannot read checkpoints of job ", js.uuid, ": ", cps.error().message());
+  void load_indexed(job_state& js) { load_indexed(js, read_indexed(index_, js.uuid, js.dir)); }
+
+  void load_indexed(job_state& js, indexed_job loaded) {
+    if (!loaded.error.empty()) {
+      log::error("cannot read checkpoints of job ", js.uuid, ": ", loaded.error);
       return;
     }
-    for (auto& cp : *cps) {
-      if (!within(cp.path, js.dir) || cp.path.size() == js.dir.size()) {
-        pending_for(js.uuid).removed_paths.push_back(cp.path);
-        pending_for(js.uuid).events.push_back(deleted_event(js.uuid, cp.identifier, cp.path));
-        continue;
-      }
-      auto& r = js.candidates[cp.path.substr(js.dir.size() + 1)];
-      r = candidate_record{};
-      r.listing_hash = cp.listing_hash;
-      r.verdict = state::complete;
-      remember_indexed(r, cp);
+    for (auto& cp : loaded.outside) {
+      pending_for(js.uuid).removed_paths.push_back(cp.path);
+      pending_for(js.uuid).events.push_back(deleted_event(js.uuid, cp.identifier, cp.path));
+    }
+    // In path order: at start, each goes at the end of the map (the hint).
+    for (auto& [rel, r] : loaded.inside) {
+      js.candidates.insert_or_assign(js.candidates.end(), std::move(rel), std::move(r));
     }
   }
 
