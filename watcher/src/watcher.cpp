@@ -396,10 +396,12 @@ class watcher::impl {
     std::shared_ptr<net::steady_timer> poll_timer;
   };
 
+  // One per watched folder, 100,000s of them: the job's uuid is shared with
+  // its job_state, not copied into each.
   struct node {
     std::string path;
-    std::string job;  // empty for a watch root
-    int depth = 0;    // 0 = the job folder itself
+    std::shared_ptr<const std::string> job;  // null for a watch root
+    int depth = 0;                           // 0 = the job folder itself
   };
 
   // What ckptd remembers of one candidate: its last judgement (a hash of its
@@ -444,6 +446,7 @@ class watcher::impl {
     std::set<std::string> opened;
     follow how;
     std::shared_ptr<net::steady_timer> poll_timer;
+    std::shared_ptr<const std::string> uuid_shared;  // the uuid, for its watches' nodes
     store::job record;         // as in the index: dir, first seen, status
     bool status_dirty = true;  // the job folder's top level changed since the status was judged
     bool scanning = false;
@@ -701,7 +704,7 @@ class watcher::impl {
         }
       } else {
         r.wd = wd;
-        remember_watch(wd, node{r.path, "", -1});
+        remember_watch(wd, node{r.path, nullptr, -1});
       }
     } else if (int error = hidden_by(r.path)) {
       note_unreadable(r.path, error);
@@ -861,7 +864,14 @@ class watcher::impl {
       }
       return false;
     }
-    remember_watch(wd, node{path, job, depth});
+    std::shared_ptr<const std::string> owner;
+    if (auto it = jobs_.find(job); it != jobs_.end()) {
+      if (!it->second.uuid_shared) it->second.uuid_shared = std::make_shared<const std::string>(job);
+      owner = it->second.uuid_shared;
+    } else {
+      owner = std::make_shared<const std::string>(job);
+    }
+    remember_watch(wd, node{path, std::move(owner), depth});
     return true;
   }
 
@@ -1824,35 +1834,36 @@ class watcher::impl {
     std::string name = ev.len > 0 ? std::string(ev.name) : std::string();
     bool is_dir = ev.mask & IN_ISDIR;
 
-    if (n.job.empty()) {
+    if (!n.job) {
       handle_root_event(n, ev.mask, name, is_dir);
       return;
     }
+    const std::string& job = *n.job;
     if (ev.mask & (IN_DELETE_SELF | IN_MOVE_SELF)) {
-      if (n.depth == 0) on_job_dir_gone(n.job);
+      if (n.depth == 0) on_job_dir_gone(job);
       return;
     }
     if (name.empty()) {
       if (ev.mask & IN_ATTRIB) on_attributes_changed(n.path);
       return;
     }
-    if (n.depth == 0) status_due_.insert(n.job);
+    if (n.depth == 0) status_due_.insert(job);
     std::string path = n.path + "/" + name;
-    auto job_it = jobs_.find(n.job);
+    auto job_it = jobs_.find(job);
     if (job_it == jobs_.end()) return;
     auto& js = job_it->second;
 
     if (is_dir && (ev.mask & (IN_DELETE | IN_MOVED_FROM))) {
       unwatch_subtree(path);
-      drop_known_under(n.job, path);
+      drop_known_under(job, path);
     }
     if (is_dir && (ev.mask & (IN_CREATE | IN_MOVED_TO)) && !is_staging_name(name)) {
       // Covered by scan_dir of the parent, in the right order: watch, then list.
       auto candidate = candidate_of(js, n.path, n.depth);
       if (candidate.empty()) {
-        enqueue_front_scan(n.job, n.path, name, n.depth);
+        enqueue_front_scan(job, n.path, name, n.depth);
       } else {
-        watch_candidate_interior(n.job, path, n.depth + 1);
+        watch_candidate_interior(job, path, n.depth + 1);
       }
     }
     // A tag or marker file beside checkpoints ("latest", "-unfinished"):
@@ -1863,7 +1874,7 @@ class watcher::impl {
       int error = 0;
       for (auto& e : list_dir(n.path, error)) {
         if (claimed_by_name(e.name, e.is_dir) && n.depth + 1 <= opts_.max_depth)
-          dirty_.emplace(n.job, n.path + "/" + e.name);
+          dirty_.emplace(job, n.path + "/" + e.name);
       }
     }
     if (candidate.empty()) {
@@ -1874,12 +1885,12 @@ class watcher::impl {
     }
     // A file landing directly in an opened folder ("0/commit_success.txt")
     // may make it its layout's checkpoint after all.
-    if (js.opened.contains(n.path)) dirty_.emplace(n.job, n.path);
+    if (js.opened.contains(n.path)) dirty_.emplace(job, n.path);
     if (!candidate.empty()) {
       // A trainer's running log beside its weights (torchtune's log/) is
       // written all epoch long; it says nothing about the weights being done.
       if (n.path != candidate + "/log") note_activity(candidate);
-      dirty_.emplace(n.job, candidate);
+      dirty_.emplace(job, candidate);
     }
   }
 
