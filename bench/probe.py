@@ -7,7 +7,9 @@
 --start-ns is the wall-clock time (ns, as `date +%s%N`) the daemon was started
 at. Every --interval seconds /readyz is asked (a new connection each time,
 like a curl loop) and, with --job, GET /v1/post-training/job/artifacts for
-that job is timed from connect to the last body byte. Stops at the first 200
+that job is timed from connect to the last body byte. --job auto times the
+first job that GET /v1/post-training/jobs lists (asked until one is): a job
+already indexed, while the daemon indexes the others. Stops at the first 200
 from /readyz, when the daemon exits (status 1) or at the deadline (status 2).
 
 Prints "KEY.ready_s", and with --job "KEY.probes", "KEY.probe_200",
@@ -15,23 +17,37 @@ Prints "KEY.ready_s", and with --job "KEY.probes", "KEY.probe_200",
 """
 import argparse
 import http.client
+import json
 import os
 import sys
 import time
 
 
-def get(port, path):
+def get(port, path, want_body=False):
     t0 = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
-        resp.read()
-        return resp.status, (time.perf_counter() - t0) * 1000
+        body = resp.read()
+        ms = (time.perf_counter() - t0) * 1000
+        return (resp.status, ms, body) if want_body else (resp.status, ms)
     except OSError:
-        return None, (time.perf_counter() - t0) * 1000
+        ms = (time.perf_counter() - t0) * 1000
+        return (None, ms, b"") if want_body else (None, ms)
     finally:
         conn.close()
+
+
+def first_listed_job(port):
+    code, _, body = get(port, "/v1/post-training/jobs", want_body=True)
+    if code != 200:
+        return None
+    try:
+        jobs = json.loads(body)["data"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return jobs[0]["job_uuid"] if jobs else None
 
 
 def percentile(values, q):
@@ -53,6 +69,7 @@ def main():
     args = ap.parse_args()
 
     latencies, codes = [], {}
+    job = None if args.job == "auto" else args.job
     status = 2
     ready_s = -1.0
     while True:
@@ -74,8 +91,10 @@ def main():
             ready_s = (time.time_ns() - args.start_ns) / 1e9
             status = 0
             break
-        if args.job:
-            code, ms = get(args.port, f"/v1/post-training/job/artifacts?job_uuid={args.job}")
+        if args.job and job is None:
+            job = first_listed_job(args.port)
+        if job:
+            code, ms = get(args.port, f"/v1/post-training/job/artifacts?job_uuid={job}")
             codes[code] = codes.get(code, 0) + 1
             latencies.append(ms)
         time.sleep(args.interval)
@@ -83,6 +102,7 @@ def main():
     p = args.prefix
     print(f"{p}.ready_s {ready_s:.3f}")
     if args.job:
+        print(f"{p}.probe_job {job or '-'}")
         print(f"{p}.probes {len(latencies)}")
         print(f"{p}.probe_200 {codes.get(200, 0)}")
         print(f"{p}.probe_other {len(latencies) - codes.get(200, 0)}")
