@@ -110,6 +110,10 @@ struct job_status {
   friend bool operator==(const job_status&, const job_status&) = default;
 };
 
+// The status the API reports for a job record of the store: its status word
+// ("scheduled" when not yet judged) and its times when known (not 0).
+[[nodiscard]] job_status status_of(const store::job& record);
+
 class server {
  public:
   server(boost::asio::io_context& ctx, options opts);
