@@ -973,6 +973,60 @@ BOOST_AUTO_TEST_CASE(catalog_keeps_bodies_and_job_list) {
   BOOST_TEST(x1->etag.back() == '"');
 }
 
+BOOST_AUTO_TEST_CASE(catalog_evicts_least_recently_used_bodies) {
+  const auto bodies = [](const std::string& tag) {
+    return api::cached_job{api::make_cached_body("A" + tag), api::make_cached_body("S" + tag)};
+  };
+  const auto put = [&](api::catalog& jobs, const std::string& uuid) {
+    auto b = bodies(uuid);
+    return jobs.put(uuid, b.artifacts, b.status);
+  };
+  const std::size_t one = bodies("a").artifacts->held_bytes() + bodies("a").status->held_bytes();
+  api::catalog jobs(2 * one);
+  put(jobs, "a");
+  put(jobs, "b");
+  BOOST_TEST(jobs.held_bytes() == 2 * one);
+  put(jobs, "c");  // over budget: "a", the least recently used, loses its bodies
+  BOOST_TEST(jobs.held_bytes() == 2 * one);
+  BOOST_TEST(jobs.artifacts("a") == nullptr);
+  BOOST_TEST(jobs.status("a") == nullptr);
+  const api::catalog::job_entry* a = jobs.find("a");
+  BOOST_REQUIRE(a != nullptr);  // still known, with the ETags of its bodies
+  BOOST_TEST(a->artifacts_etag == bodies("a").artifacts->etag);
+  BOOST_TEST(a->status_etag == bodies("a").status->etag);
+  BOOST_TEST(a->artifacts_size == 2u);
+  BOOST_TEST(jobs.jobs()->bytes ==
+             R"({"data":[{"job_uuid":"a"},{"job_uuid":"b"},{"job_uuid":"c"}]})");
+
+  jobs.touch("b");  // a request for "b" makes "c" the least recently used
+  put(jobs, "d");
+  BOOST_TEST(jobs.artifacts("b") != nullptr);
+  BOOST_TEST(jobs.artifacts("c") == nullptr);
+  BOOST_TEST(jobs.artifacts("d") != nullptr);
+
+  // Bodies rebuilt from the store come back as the most recently used.
+  BOOST_TEST(!jobs.restore("a", bodies("a")));  // the same ETags: nothing changed
+  BOOST_TEST(jobs.artifacts("a")->bytes == "Aa");
+  BOOST_TEST(jobs.artifacts("b") == nullptr);
+  BOOST_TEST(jobs.restore("a", bodies("a2")));  // the store was ahead of the last publish
+  BOOST_TEST(jobs.find("a")->artifacts_etag == bodies("a2").artifacts->etag);
+  BOOST_TEST(!jobs.restore("unknown", bodies("x")));
+  BOOST_TEST(jobs.find("unknown") == nullptr);
+  BOOST_TEST(jobs.held_bytes() == 2 * one);
+
+  BOOST_TEST(jobs.erase("a"));
+  BOOST_TEST(jobs.held_bytes() == one);
+  BOOST_TEST(jobs.erase("c"));  // evicted bodies: nothing more to give back
+  BOOST_TEST(jobs.held_bytes() == one);
+
+  jobs.set_budget(1);  // smaller than any job: nothing is kept
+  BOOST_TEST(jobs.held_bytes() == 0u);
+  BOOST_TEST(jobs.artifacts("d") == nullptr);
+  jobs.set_budget(0);  // no budget: every body is kept
+  for (const char* uuid : {"b", "d", "e", "f", "g"}) put(jobs, uuid);
+  BOOST_TEST(jobs.held_bytes() == 5 * one);
+}
+
 BOOST_AUTO_TEST_CASE(router_answers) {
   api::catalog jobs;
   const std::string body = api::artifacts_json("job-1", {make_checkpoint("/r/a", 0, -1, 0)});
