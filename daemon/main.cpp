@@ -137,12 +137,7 @@ class publisher {
         return;
       }
       counts_[uuid] = checkpoints->size();
-      api::job_status status;
-      const store::job& record = **job;
-      if (!record.status.empty()) status.status = record.status;
-      if (record.started_at_ns != 0) status.started_at_ns = record.started_at_ns;
-      if (record.completed_at_ns != 0) status.completed_at_ns = record.completed_at_ns;
-      server_.publish(uuid, std::move(*checkpoints), status);
+      server_.publish(uuid, std::move(*checkpoints), api::status_of(**job));
     }
   }
 

@@ -41,12 +41,14 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <regex>
@@ -629,6 +631,140 @@ bool eventually(Predicate done) {
   poll_until(done);
   return done();
 }
+
+// Writes the job to the index with these checkpoints, replacing what it had.
+void store_job(store::index& index, const std::string& uuid, std::vector<store::checkpoint> cps) {
+  store::job_change change;
+  change.job_uuid = uuid;
+  change.remove_job = true;
+  store::job record;
+  record.uuid = uuid;
+  record.dir = "/runs/" + uuid;
+  record.status = cps.empty() ? "scheduled" : "in_progress";
+  record.started_at_ns = 1795946918000000000;
+  change.upsert_job = record;
+  change.upserts = std::move(cps);
+  BOOST_REQUIRE(index.apply(change).has_value());
+}
+
+// Hands the job to the server as the daemon does: what the index holds of it.
+void publish_from(api::server& srv, const store::index& index, const std::string& uuid) {
+  auto record = index.find_job(uuid);
+  auto cps = index.checkpoints(uuid);
+  BOOST_REQUIRE(record.has_value() && record->has_value() && cps.has_value());
+  srv.publish(uuid, std::move(*cps), api::status_of(**record));
+}
+
+// A real index with a gate in front of checkpoints(): when closed for a job,
+// a read of that job's checkpoints reads the store, then waits until the gate
+// opens (so a test can act while a load is in flight). With fail_reads, job
+// reads report io_error. Everything else goes straight to the index.
+class gated_index final : public store::index {
+ public:
+  explicit gated_index(store::index& real) : real_(real) {}
+  ~gated_index() override { open(); }
+  gated_index(const gated_index&) = delete;
+  gated_index& operator=(const gated_index&) = delete;
+
+  void close_for(std::string job) {
+    std::lock_guard lock(mutex_);
+    closed_for_ = std::move(job);
+  }
+  void open() {
+    {
+      std::lock_guard lock(mutex_);
+      closed_for_.clear();
+    }
+    opened_.notify_all();
+  }
+  [[nodiscard]] bool waiting() const { return waiting_.load(); }
+  std::atomic<bool> fail_reads{false};
+
+  boost::system::result<std::uint64_t> apply(const store::job_change& change) override {
+    return real_.apply(change);
+  }
+  boost::system::result<std::vector<store::checkpoint>> checkpoints(
+      std::string_view job_uuid) const override {
+    if (fail_reads) return store::make_error_code(store::errc::io_error);
+    auto read = real_.checkpoints(job_uuid);
+    std::unique_lock lock(mutex_);
+    if (closed_for_ == job_uuid) {
+      waiting_ = true;
+      opened_.wait(lock, [&] { return closed_for_ != job_uuid; });
+      waiting_ = false;
+    }
+    return read;
+  }
+  boost::system::result<std::optional<store::job>> find_job(
+      std::string_view job_uuid) const override {
+    if (fail_reads) return store::make_error_code(store::errc::io_error);
+    return real_.find_job(job_uuid);
+  }
+  boost::system::result<std::vector<store::job>> jobs() const override { return real_.jobs(); }
+  boost::system::result<void> flush() override { return real_.flush(); }
+  boost::system::result<std::vector<store::event>> events_after(std::uint64_t seq,
+                                                                std::size_t limit) const override {
+    return real_.events_after(seq, limit);
+  }
+  std::uint64_t last_event_seq() const override { return real_.last_event_seq(); }
+  std::uint64_t first_event_seq() const override { return real_.first_event_seq(); }
+  bool healthy() const override { return real_.healthy(); }
+
+ private:
+  store::index& real_;
+  mutable std::mutex mutex_;
+  mutable std::condition_variable opened_;
+  mutable std::atomic<bool> waiting_{false};
+  std::string closed_for_;
+};
+
+// A server over a real index in a fresh folder, read through a gated_index,
+// with a body budget (1 byte: no body is ever kept); each job is stored with
+// `checkpoints_per_job` checkpoints and published as the daemon would.
+class store_backed_server {
+ public:
+  explicit store_backed_server(const std::vector<std::string>& jobs, std::size_t budget_bytes = 1,
+                               int checkpoints_per_job = 3)
+      : real_(open_index(dir_)), gate_(*real_) {
+    for (const auto& uuid : jobs) store_job(*real_, uuid, many_checkpoints(checkpoints_per_job));
+    api::options opts = unlimited();
+    opts.event_store = &gate_;
+    opts.body_cache_bytes = budget_bytes;
+    server_.emplace(opts);
+    for (const auto& uuid : jobs) publish_from(server_->srv, *real_, uuid);
+  }
+  ~store_backed_server() {
+    gate_.open();  // a load held at the gate would keep the server from stopping
+    server_.reset();
+  }
+  store_backed_server(const store_backed_server&) = delete;
+  store_backed_server& operator=(const store_backed_server&) = delete;
+
+  // The index itself, for the test's own reads and writes (the gate is the server's).
+  [[nodiscard]] store::index& real() { return *real_; }
+  [[nodiscard]] gated_index& gate() { return gate_; }
+  [[nodiscard]] api::server& srv() { return server_->srv; }
+  [[nodiscard]] std::uint16_t port() { return server_->srv.port(); }
+
+ private:
+  static std::unique_ptr<store::index> open_index(const temp_dir& dir) {
+    auto opened = store::index::open(dir.path / "index");
+    BOOST_REQUIRE(opened.has_value());
+    return std::move(*opened);
+  }
+  temp_dir dir_;
+  std::unique_ptr<store::index> real_;
+  gated_index gate_;
+  std::optional<running_server> server_;
+};
+
+// The whole body of a GET, and its ETag, for comparing two servers.
+std::pair<std::string, std::string> body_and_etag(client& c, const std::string& target,
+                                                  const std::string& extra_headers = {}) {
+  auto res = c.get(target, extra_headers);
+  BOOST_TEST(res.result_int() == 200, target);
+  return {res.body(), header(res, "ETag")};
+}
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(api_tests)
@@ -971,6 +1107,119 @@ BOOST_AUTO_TEST_CASE(catalog_keeps_bodies_and_job_list) {
   BOOST_TEST(x1->etag != y->etag);
   BOOST_TEST(x1->etag.front() == '"');
   BOOST_TEST(x1->etag.back() == '"');
+}
+
+BOOST_AUTO_TEST_CASE(catalog_evicts_least_recently_used_bodies) {
+  const auto bodies = [](const std::string& tag) {
+    return api::cached_job{api::make_cached_body("A" + tag), api::make_cached_body("S" + tag)};
+  };
+  const auto put = [&](api::catalog& jobs, const std::string& uuid) {
+    auto b = bodies(uuid);
+    return jobs.put(uuid, b.artifacts, b.status);
+  };
+  const std::size_t one = bodies("a").artifacts->held_bytes() + bodies("a").status->held_bytes();
+  api::catalog jobs(2 * one);
+  put(jobs, "a");
+  put(jobs, "b");
+  BOOST_TEST(jobs.held_bytes() == 2 * one);
+  put(jobs, "c");  // over budget: "a", the least recently used, loses its bodies
+  BOOST_TEST(jobs.held_bytes() == 2 * one);
+  BOOST_TEST(jobs.artifacts("a") == nullptr);
+  BOOST_TEST(jobs.status("a") == nullptr);
+  const api::catalog::job_entry* a = jobs.find("a");
+  BOOST_REQUIRE(a != nullptr);  // still known, with the ETags of its bodies
+  BOOST_TEST(a->artifacts_etag == bodies("a").artifacts->etag);
+  BOOST_TEST(a->status_etag == bodies("a").status->etag);
+  BOOST_TEST(a->artifacts_size == 2u);
+  BOOST_TEST(jobs.jobs()->bytes ==
+             R"({"data":[{"job_uuid":"a"},{"job_uuid":"b"},{"job_uuid":"c"}]})");
+
+  jobs.touch("b");  // a request for "b" makes "c" the least recently used
+  put(jobs, "d");
+  BOOST_TEST(jobs.artifacts("b") != nullptr);
+  BOOST_TEST(jobs.artifacts("c") == nullptr);
+  BOOST_TEST(jobs.artifacts("d") != nullptr);
+
+  // Bodies rebuilt from the store come back as the most recently used.
+  BOOST_TEST(!jobs.restore("a", bodies("a")));  // the same ETags: nothing changed
+  BOOST_TEST(jobs.artifacts("a")->bytes == "Aa");
+  BOOST_TEST(jobs.artifacts("b") == nullptr);
+  BOOST_TEST(jobs.restore("a", bodies("a2")));  // the store was ahead of the last publish
+  BOOST_TEST(jobs.find("a")->artifacts_etag == bodies("a2").artifacts->etag);
+  BOOST_TEST(!jobs.restore("unknown", bodies("x")));
+  BOOST_TEST(jobs.find("unknown") == nullptr);
+  BOOST_TEST(jobs.held_bytes() == 2 * one);
+
+  BOOST_TEST(jobs.erase("a"));
+  BOOST_TEST(jobs.held_bytes() == one);
+  BOOST_TEST(jobs.erase("c"));  // evicted bodies: nothing more to give back
+  BOOST_TEST(jobs.held_bytes() == one);
+
+  jobs.set_budget(1);  // smaller than any job: nothing is kept
+  BOOST_TEST(jobs.held_bytes() == 0u);
+  BOOST_TEST(jobs.artifacts("d") == nullptr);
+  jobs.set_budget(0);  // no budget: every body is kept
+  for (const char* uuid : {"b", "d", "e", "f", "g"}) put(jobs, uuid);
+  BOOST_TEST(jobs.held_bytes() == 5 * one);
+}
+
+BOOST_AUTO_TEST_CASE(router_answers_evicted_jobs_from_their_etags) {
+  api::catalog full;
+  api::catalog tiny(1);
+  const api::cached_job published = api::make_cached_job("big", many_checkpoints(20), {});
+  full.put("big", published.artifacts, published.status);
+  tiny.put("big", published.artifacts, published.status);
+  BOOST_REQUIRE(tiny.artifacts("big") == nullptr);
+  BOOST_TEST(tiny.held_bytes() == 0u);
+
+  for (const char* target : {"/v1/post-training/job/artifacts?job_uuid=big",
+                             "/v1/post-training/job/status?job_uuid=big"}) {
+    const auto want = get(full, target);
+    BOOST_REQUIRE(want.status == 200u);
+    auto needs = get(tiny, target);
+    BOOST_TEST(needs.load_job == "big", target);
+    // The kept ETag answers 304s, gzip's included, and flags long-polls.
+    api::request req{"GET", target, want.etag};
+    auto not_modified = call(tiny, req);
+    BOOST_TEST(not_modified.status == 304u, target);
+    BOOST_TEST(not_modified.load_job.empty());
+    BOOST_TEST(not_modified.etag == want.etag);
+    req.accept_encoding = "gzip";
+    const std::string gzip_etag = call(full, req).etag;
+    req.if_none_match = gzip_etag;
+    BOOST_TEST(gzip_etag == api::gzip_etag(want.etag));
+    BOOST_TEST(call(tiny, req).status == 304u);
+    req.prefer = "wait=5";
+    BOOST_TEST(!call(tiny, req).wait_key.empty());
+    BOOST_TEST(call(tiny, req).wait.count() == 5);
+
+    // With the job read back, the same answer a catalog holding it gives.
+    api::loaded_job loaded{"big", api::loaded_job::outcome::found,
+                           api::make_cached_job("big", many_checkpoints(20), {})};
+    const auto answered = api::handle({"GET", target}, tiny, true, api::default_options(), &loaded);
+    BOOST_TEST(answered.status == 200u);
+    BOOST_TEST(answered.load_job.empty());
+    BOOST_TEST(answered.etag == want.etag);
+    BOOST_TEST(*answered.body + std::string(answered.body_tail) ==
+               *want.body + std::string(want.body_tail));
+    api::request gz{"GET", target};
+    gz.accept_encoding = "gzip";
+    const auto zipped = api::handle(gz, tiny, true, api::default_options(), &loaded);
+    BOOST_TEST(zipped.content_encoding == "gzip");
+    BOOST_TEST(gunzip(*zipped.body) == *want.body + std::string(want.body_tail));
+    // Bodies of another job do not stand in.
+    loaded.job_uuid = "other";
+    BOOST_TEST(api::handle({"GET", target}, tiny, true, api::default_options(), &loaded).load_job ==
+               "big");
+    loaded.job_uuid = "big";
+    loaded.result = api::loaded_job::outcome::gone;
+    check_error_body_of(api::handle({"GET", target}, tiny, true, api::default_options(), &loaded),
+                        404);
+    loaded.result = api::loaded_job::outcome::failed;
+    const auto failed = api::handle({"GET", target}, tiny, true, api::default_options(), &loaded);
+    check_error_body_of(failed, 500);
+    BOOST_TEST(*failed.body == *api::internal_error_response().body);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(router_answers) {
@@ -2050,6 +2299,203 @@ BOOST_AUTO_TEST_CASE(server_replays_missed_events_from_the_store, *boost::unit_t
     BOOST_TEST(stale.events().front().event == "reset");
     BOOST_TEST(stale.events().front().id == std::to_string(live.back().seq));
   }
+}
+
+BOOST_AUTO_TEST_CASE(server_rebuilds_evicted_bodies_from_the_store,
+                     *boost::unit_test::timeout(120)) {
+  const std::vector<std::string> uuids{"job-a", "job-b", "job-c"};
+  store_backed_server tiny(uuids, /*budget_bytes=*/1, /*checkpoints_per_job=*/15);
+  // The reference keeps every body (it has no store to rebuild them from).
+  running_server reference(unlimited());
+  for (const auto& uuid : uuids) publish_from(reference.srv, tiny.real(), uuid);
+  client ref(reference.srv.port());
+  client c(tiny.port());
+  BOOST_TEST(eventually(
+      [&] { return ref.get("/v1/post-training/jobs").body().find("job-c") != std::string::npos; }));
+
+  for (const auto& uuid : uuids) {
+    for (const std::string route : {"artifacts", "status"}) {
+      const std::string target = "/v1/post-training/job/" + route + "?job_uuid=" + uuid;
+      const auto want = body_and_etag(ref, target);
+      const auto loads_before = ckptd::metrics::body_loads.value();
+      BOOST_TEST((body_and_etag(c, target) == want), target);
+      BOOST_TEST(ckptd::metrics::body_loads.value() == loads_before + 1);
+
+      // The ETag kept for the evicted body answers 304 without a load.
+      auto not_modified = c.get(target, "If-None-Match: " + want.second + "\r\n");
+      BOOST_TEST(not_modified.result_int() == 304);
+      BOOST_TEST(header(not_modified, "ETag") == want.second);
+      BOOST_TEST(ckptd::metrics::body_loads.value() == loads_before + 1);
+
+      // gzip of a rebuilt body: the same encoding and ETag as the reference's.
+      const auto zipped = body_and_etag(c, target, "Accept-Encoding: gzip\r\n");
+      const auto want_zipped = body_and_etag(ref, target, "Accept-Encoding: gzip\r\n");
+      BOOST_TEST(zipped.second == want_zipped.second);
+      BOOST_TEST(gunzip(zipped.first) == want.first);
+      auto zipped_304 =
+          c.get(target, "Accept-Encoding: gzip\r\nIf-None-Match: " + want_zipped.second + "\r\n");
+      BOOST_TEST(zipped_304.result_int() == 304);
+      BOOST_TEST(ckptd::metrics::body_loads.value() == loads_before + 2);
+
+      c.send("HEAD " + target + " HTTP/1.1\r\nHost: x\r\n\r\n");
+      auto head = c.read(/*head=*/true);
+      BOOST_TEST(head.result_int() == 200);
+      BOOST_TEST(header(head, "Content-Length") == std::to_string(want.first.size()));
+    }
+  }
+  auto text = c.get("/metrics").body();
+  BOOST_TEST(exposition_problem(text) == "");
+  BOOST_TEST(text.find("\nckptd_http_body_loads_total ") != std::string::npos);
+  BOOST_TEST(text.find("\nckptd_http_body_cache_bytes ") != std::string::npos);
+  BOOST_TEST(text.find("\nckptd_http_body_load_waiters ") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(server_keeps_recently_used_bodies_within_budget,
+                     *boost::unit_test::timeout(120)) {
+  const auto one = api::make_cached_job("job-1", many_checkpoints(15), {});
+  const std::size_t job_bytes = one.artifacts->held_bytes() + one.status->held_bytes();
+  const std::size_t budget = job_bytes + job_bytes / 2;  // room for one job's bodies
+  const double held_before = ckptd::metrics::body_cache_bytes.value();
+  const auto loads_before = ckptd::metrics::body_loads.value();
+  {
+    store_backed_server s({"job-1", "job-2", "job-3"}, budget, /*checkpoints_per_job=*/15);
+    client c(s.port());
+    BOOST_TEST(eventually(
+        [&] { return c.get("/v1/post-training/jobs").body().find("job-3") != std::string::npos; }));
+    const double held = ckptd::metrics::body_cache_bytes.value() - held_before;
+    BOOST_TEST(held > 0);
+    BOOST_TEST(held <= static_cast<double>(budget));
+    // The last published job kept its bodies: no load.
+    BOOST_TEST(c.get("/v1/post-training/job/artifacts?job_uuid=job-3").result_int() == 200);
+    BOOST_TEST(ckptd::metrics::body_loads.value() == loads_before);
+    // The first lost them; reading it back makes it the one kept.
+    BOOST_TEST(c.get("/v1/post-training/job/status?job_uuid=job-1").result_int() == 200);
+    BOOST_TEST(ckptd::metrics::body_loads.value() == loads_before + 1);
+    BOOST_TEST(c.get("/v1/post-training/job/artifacts?job_uuid=job-1").result_int() == 200);
+    BOOST_TEST(ckptd::metrics::body_loads.value() == loads_before + 1);
+    BOOST_TEST(c.get("/v1/post-training/job/artifacts?job_uuid=job-3").result_int() == 200);
+    BOOST_TEST(ckptd::metrics::body_loads.value() == loads_before + 2);
+    BOOST_TEST(ckptd::metrics::body_cache_bytes.value() - held_before <=
+               static_cast<double>(budget));
+  }
+  // A server gone gives back what it counted.
+  BOOST_TEST(ckptd::metrics::body_cache_bytes.value() == held_before);
+}
+
+BOOST_AUTO_TEST_CASE(server_long_poll_on_an_evicted_job_loads_the_new_body,
+                     *boost::unit_test::timeout(120)) {
+  store_backed_server s({"job-1"});
+  client c(s.port());
+  const std::string target = "/v1/post-training/job/artifacts?job_uuid=job-1";
+  http::response<http::string_body> first;
+  poll_until([&] {
+    first = c.get(target);
+    return first.result_int() == 200;
+  });
+  const double held_before = ckptd::metrics::long_poll_waiters.value();
+  c.send("GET " + target + " HTTP/1.1\r\nHost: x\r\nIf-None-Match: " + header(first, "ETag") +
+         "\r\nPrefer: wait=50\r\n\r\n");
+  BOOST_TEST(eventually([&] { return ckptd::metrics::long_poll_waiters.value() > held_before; }));
+  store_job(s.real(), "job-1", many_checkpoints(4));
+  publish_from(s.srv(), s.real(), "job-1");
+  auto woken = c.read();
+  BOOST_TEST(woken.result_int() == 200);
+  BOOST_TEST(header(woken, "Preference-Applied") == "wait=50");
+  BOOST_TEST(json::parse(woken.body()).at("checkpoints").as_array().size() == 4u);
+}
+
+BOOST_AUTO_TEST_CASE(server_prefers_a_newer_publish_to_a_load_in_flight,
+                     *boost::unit_test::timeout(120)) {
+  store_backed_server s({"job-1", "job-2"});
+  client c(s.port());
+  const std::string target = "/v1/post-training/job/artifacts?job_uuid=job-1";
+  BOOST_TEST(eventually([&] { return c.get(target).result_int() == 200; }));
+
+  // A load reads the three checkpoints, then is held at the gate...
+  s.gate().close_for("job-1");
+  const auto loads_before = ckptd::metrics::body_loads.value();
+  const double parked_before = ckptd::metrics::body_load_waiters.value();
+  client parked(s.port());
+  client also_parked(s.port());
+  parked.send("GET " + target + " HTTP/1.1\r\nHost: x\r\n\r\n");
+  also_parked.send("GET " + target + " HTTP/1.1\r\nHost: x\r\n\r\n");
+  BOOST_REQUIRE(eventually([&] {
+    return s.gate().waiting() && ckptd::metrics::body_load_waiters.value() == parked_before + 2;
+  }));
+  // ...while a fourth is indexed and published.
+  store_job(s.real(), "job-1", many_checkpoints(4));
+  publish_from(s.srv(), s.real(), "job-1");
+  std::string published_etag;
+  for (client* waiting : {&parked, &also_parked}) {
+    auto newer = waiting->read();
+    BOOST_TEST(newer.result_int() == 200);
+    BOOST_TEST(json::parse(newer.body()).at("checkpoints").as_array().size() == 4u);
+    published_etag = header(newer, "ETag");
+  }
+  BOOST_TEST(ckptd::metrics::body_loads.value() == loads_before + 1);  // one for both
+  s.gate().open();
+  // The pool reads one job at a time, in order: once job-2's load is answered,
+  // the stale load of job-1 is done too.
+  BOOST_TEST(c.get("/v1/post-training/job/artifacts?job_uuid=job-2").result_int() == 200);
+  BOOST_TEST(ckptd::metrics::body_loads.value() == loads_before + 2);
+  // It replaced nothing: the published ETag still answers 304, with no load.
+  auto same = c.get(target, "If-None-Match: " + published_etag + "\r\n");
+  BOOST_TEST(same.result_int() == 304);
+  BOOST_TEST(ckptd::metrics::body_loads.value() == loads_before + 2);
+  auto fresh = c.get(target);
+  BOOST_TEST(json::parse(fresh.body()).at("checkpoints").as_array().size() == 4u);
+  BOOST_TEST(header(fresh, "ETag") == published_etag);
+}
+
+BOOST_AUTO_TEST_CASE(server_answers_404_or_500_when_the_store_cannot_rebuild,
+                     *boost::unit_test::timeout(120)) {
+  store_backed_server s({"job-1", "vanished"});
+  client c(s.port());
+  BOOST_TEST(eventually([&] {
+    return c.get("/v1/post-training/jobs").body().find("vanished") != std::string::npos;
+  }));
+  // The job left the store before the daemon's forget reached the API.
+  store::job_change removal;
+  removal.job_uuid = "vanished";
+  removal.remove_job = true;
+  BOOST_REQUIRE(s.real().apply(removal).has_value());
+  auto gone = c.get("/v1/post-training/job/status?job_uuid=vanished");
+  check_error_body(gone, 404);
+  BOOST_TEST(json::parse(gone.body()).at("detail").as_string().find("vanished") !=
+             std::string::npos);
+  // A store that cannot be read: the spec's 500, and the server goes on.
+  s.gate().fail_reads = true;
+  auto failed = c.get("/v1/post-training/job/artifacts?job_uuid=job-1");
+  check_error_body(failed, 500);
+  BOOST_TEST(json::parse(failed.body()).at("detail").as_string() ==
+             "An unexpected error occurred. Our team has been notified.");
+  s.gate().fail_reads = false;
+  BOOST_TEST(c.get("/v1/post-training/job/artifacts?job_uuid=job-1").result_int() == 200);
+}
+
+BOOST_AUTO_TEST_CASE(server_drops_a_parked_request_whose_client_left,
+                     *boost::unit_test::timeout(120)) {
+  store_backed_server s({"job-1"});
+  client c(s.port());
+  BOOST_TEST(eventually(
+      [&] { return c.get("/v1/post-training/jobs").body().find("job-1") != std::string::npos; }));
+  const std::size_t open_before = s.srv().open_connections();
+  const double parked_before = ckptd::metrics::body_load_waiters.value();
+  s.gate().close_for("job-1");
+  {
+    client leaving(s.port());
+    leaving.send("GET /v1/post-training/job/artifacts?job_uuid=job-1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    BOOST_REQUIRE(eventually([&] {
+      return s.gate().waiting() && ckptd::metrics::body_load_waiters.value() == parked_before + 1;
+    }));
+    BOOST_TEST(s.srv().open_connections() == open_before + 1);
+  }
+  // Its connection is given back while the load is still held at the gate.
+  BOOST_TEST(eventually([&] { return s.srv().open_connections() == open_before; }));
+  BOOST_TEST(ckptd::metrics::body_load_waiters.value() == parked_before);
+  BOOST_TEST(s.gate().waiting());
+  s.gate().open();
+  BOOST_TEST(c.get("/v1/post-training/job/artifacts?job_uuid=job-1").result_int() == 200);
 }
 
 BOOST_AUTO_TEST_CASE(server_disconnects_slow_subscribers, *boost::unit_test::timeout(120)) {

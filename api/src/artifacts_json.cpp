@@ -26,6 +26,14 @@ void append_time(std::string& out, std::string_view key, std::int64_t ns) {
 
 }  // namespace
 
+job_status status_of(const store::job& record) {
+  job_status status;
+  if (!record.status.empty()) status.status = record.status;
+  if (record.started_at_ns != 0) status.started_at_ns = record.started_at_ns;
+  if (record.completed_at_ns != 0) status.completed_at_ns = record.completed_at_ns;
+  return status;
+}
+
 shared_job_bodies shared_job_json(std::string_view job_uuid,
                                   std::vector<store::checkpoint> checkpoints,
                                   const job_status& status) {

@@ -66,6 +66,10 @@ const std::string& cached_body::gzip_bytes() const {
   return gzip_bytes_;
 }
 
+std::size_t cached_body::held_bytes() const {
+  return sizeof(cached_body) + bytes.capacity() + gzip_bytes_.capacity();
+}
+
 std::string gzip_etag(std::string_view etag) {
   std::string out(etag.substr(0, etag.size() - 1));
   out += "-gz\"";
@@ -119,33 +123,117 @@ std::shared_ptr<const cached_body> make_status_body(std::string head,
   return body;
 }
 
+cached_job make_cached_job(std::string_view job_uuid, std::vector<store::checkpoint> checkpoints,
+                           const job_status& status) {
+  shared_job_bodies bodies = shared_job_json(job_uuid, std::move(checkpoints), status);
+  cached_job out;
+  out.artifacts = make_cached_body(std::move(bodies.artifacts));
+  out.status =
+      make_status_body(std::move(bodies.status_head), out.artifacts, bodies.checkpoints_at);
+  return out;
+}
+
+void catalog::set_budget(std::size_t budget_bytes) {
+  budget_ = budget_bytes;
+  enforce_budget();
+}
+
 bool catalog::put(const std::string& job_uuid, std::shared_ptr<const cached_body> artifacts,
                   std::shared_ptr<const cached_body> status) {
-  entry e{std::move(artifacts), std::move(status)};
-  auto [it, inserted] = jobs_by_uuid_.try_emplace(job_uuid, e);
-  if (!inserted) it->second = std::move(e);
+  auto [it, inserted] = jobs_by_uuid_.try_emplace(job_uuid);
+  hold(it, {std::move(artifacts), std::move(status)});
   ++generation_;
   if (inserted) jobs_.reset();
   return inserted;
 }
 
+bool catalog::restore(std::string_view job_uuid, cached_job bodies) {
+  const auto it = jobs_by_uuid_.find(job_uuid);
+  if (it == jobs_by_uuid_.end()) return false;
+  const bool changed = it->second.artifacts_etag != bodies.artifacts->etag ||
+                       it->second.status_etag != bodies.status->etag;
+  hold(it, std::move(bodies));
+  return changed;
+}
+
 bool catalog::erase(std::string_view job_uuid) {
   const auto it = jobs_by_uuid_.find(job_uuid);
   if (it == jobs_by_uuid_.end()) return false;
+  evict(it->second);
   jobs_by_uuid_.erase(it);
   ++generation_;
   jobs_.reset();
   return true;
 }
 
-std::shared_ptr<const cached_body> catalog::artifacts(std::string_view job_uuid) const {
+void catalog::touch(std::string_view job_uuid) {
   const auto it = jobs_by_uuid_.find(job_uuid);
-  return it == jobs_by_uuid_.end() ? nullptr : it->second.artifacts;
+  if (it == jobs_by_uuid_.end() || !it->second.in_lru_) return;
+  job_entry& e = it->second;
+  // A gzip encoding may have been made since the bodies were counted.
+  const std::size_t now = e.artifacts->held_bytes() + e.status->held_bytes();
+  held_ = held_ - e.held_ + now;
+  e.held_ = now;
+  make_most_recent(it);
+  enforce_budget();
+}
+
+const catalog::job_entry* catalog::find(std::string_view job_uuid) const {
+  const auto it = jobs_by_uuid_.find(job_uuid);
+  return it == jobs_by_uuid_.end() ? nullptr : &it->second;
+}
+
+std::shared_ptr<const cached_body> catalog::artifacts(std::string_view job_uuid) const {
+  const job_entry* e = find(job_uuid);
+  return e == nullptr ? nullptr : e->artifacts;
 }
 
 std::shared_ptr<const cached_body> catalog::status(std::string_view job_uuid) const {
-  const auto it = jobs_by_uuid_.find(job_uuid);
-  return it == jobs_by_uuid_.end() ? nullptr : it->second.status;
+  const job_entry* e = find(job_uuid);
+  return e == nullptr ? nullptr : e->status;
+}
+
+void catalog::hold(map::iterator it, cached_job bodies) {
+  job_entry& e = it->second;
+  evict(e);
+  e.artifacts_etag = bodies.artifacts->etag;
+  e.artifacts_size = bodies.artifacts->size();
+  e.status_etag = bodies.status->etag;
+  e.status_size = bodies.status->size();
+  e.held_ = bodies.artifacts->held_bytes() + bodies.status->held_bytes();
+  e.artifacts = std::move(bodies.artifacts);
+  e.status = std::move(bodies.status);
+  held_ += e.held_;
+  make_most_recent(it);
+  enforce_budget();
+}
+
+void catalog::evict(job_entry& e) {
+  if (!e.in_lru_) return;
+  lru_.erase(e.lru_);
+  e.in_lru_ = false;
+  held_ -= e.held_;
+  e.held_ = 0;
+  // A response being written keeps its own reference to the body.
+  e.artifacts.reset();
+  e.status.reset();
+}
+
+void catalog::make_most_recent(map::iterator it) {
+  job_entry& e = it->second;
+  if (e.in_lru_) {
+    lru_.splice(lru_.begin(), lru_, e.lru_);
+  } else {
+    e.lru_ = lru_.insert(lru_.begin(), &it->first);
+    e.in_lru_ = true;
+  }
+}
+
+void catalog::enforce_budget() {
+  if (budget_ == 0) return;
+  // The job just used may go too: a body larger than the whole budget is not
+  // kept at all (the request that needed it holds its own reference).
+  while (held_ > budget_ && !lru_.empty()) evict(jobs_by_uuid_.find(*lru_.back())->second);
 }
 
 std::shared_ptr<const cached_body> catalog::jobs() const {

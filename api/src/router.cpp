@@ -167,21 +167,24 @@ double q_value(std::string_view params) {
 
 // 200 with a cached body, or 304 when the client holds this version; with
 // "Prefer: wait", a 304 is flagged to be held on wait_prefix + wait_name.
+// `cached` may be null when its ETag and size are known (an evicted job's
+// body): a 304 needs no more; anything else comes back without a body, for
+// the caller to flag (see response::load_job).
 response cached_response(const request& req, const std::shared_ptr<const cached_body>& cached,
-                         std::string_view wait_prefix, std::string_view wait_name,
-                         const options& opts) {
-  const bool gzip = cached->size() >= gzip_min_bytes && accepts_gzip(req.accept_encoding);
+                         std::string_view etag, std::size_t size, std::string_view wait_prefix,
+                         std::string_view wait_name, const options& opts) {
+  const bool gzip = size >= gzip_min_bytes && accepts_gzip(req.accept_encoding);
   response res;
-  res.etag = gzip ? gzip_etag(cached->etag) : cached->etag;
+  res.etag = gzip ? gzip_etag(etag) : std::string(etag);
   res.vary = "Accept-Encoding";
   res.cache_control = "no-cache";
-  // Aliasing: the strings stay alive exactly as long as their cached_body.
-  res.body = std::shared_ptr<const std::string>(cached, &cached->bytes);
   // Clients send back the very ETag they were given: compare that first.
   if (!req.if_none_match.empty() &&
       (req.if_none_match == res.etag || etag_matches(req.if_none_match, res.etag))) {
     res.status = 304;
     res.send_body = false;
+    res.body = cached ? std::shared_ptr<const std::string>(cached, &cached->bytes)
+                      : std::make_shared<const std::string>();
     if (const auto wait = preferred_wait(req.prefer); wait && *wait > 0 && !wait_prefix.empty()) {
       const auto cap = static_cast<std::uint64_t>(std::max<std::int64_t>(opts.max_wait.count(), 0));
       res.wait = std::chrono::seconds(static_cast<std::int64_t>(std::min(*wait, cap)));
@@ -192,6 +195,12 @@ response cached_response(const request& req, const std::shared_ptr<const cached_
     }
     return res;
   }
+  if (!cached) {
+    res.body = std::make_shared<const std::string>();
+    return res;
+  }
+  // Aliasing: the strings stay alive exactly as long as their cached_body.
+  res.body = std::shared_ptr<const std::string>(cached, &cached->bytes);
   if (gzip) {
     const std::string& zipped = cached->gzip_bytes();
     if (!zipped.empty()) {
@@ -203,6 +212,12 @@ response cached_response(const request& req, const std::shared_ptr<const cached_
   }
   res.body_tail = cached->tail();
   return res;
+}
+
+response cached_response(const request& req, const std::shared_ptr<const cached_body>& cached,
+                         std::string_view wait_prefix, std::string_view wait_name,
+                         const options& opts) {
+  return cached_response(req, cached, cached->etag, cached->size(), wait_prefix, wait_name, opts);
 }
 
 response small_json(std::string_view bytes) {
@@ -260,22 +275,38 @@ std::variant<std::optional<std::uint64_t>, bad_request> last_event_id(
 }
 
 response job_route(const request& req, const decoded_target& target, const catalog& jobs,
-                   route_id id, const options& opts) {
+                   route_id id, const options& opts, const loaded_job* loaded) {
   auto uuid = job_uuid_param(target);
   if (auto* bad = std::get_if<bad_request>(&uuid)) return error_response(400, bad->detail);
   const std::string& job_uuid = std::get<std::string>(uuid);
+  const catalog::job_entry* job = jobs.find(job_uuid);
+  const auto unknown = [&] {
+    return error_response(404, "No training job '" + echo(job_uuid) + "' is known.");
+  };
+  if (job == nullptr) return unknown();
   const bool artifacts = id == route_id::artifacts;
-  auto cached = artifacts ? jobs.artifacts(job_uuid) : jobs.status(job_uuid);
-  if (!cached) return error_response(404, "No training job '" + echo(job_uuid) + "' is known.");
-  return cached_response(req, cached, artifacts ? "a/" : "s/", job_uuid, opts);
+  auto cached = artifacts ? job->artifacts : job->status;
+  if (!cached && loaded != nullptr && loaded->job_uuid == job_uuid) {
+    if (loaded->result == loaded_job::outcome::gone) return unknown();
+    if (loaded->result == loaded_job::outcome::failed) return internal_error_response();
+    cached = artifacts ? loaded->bodies.artifacts : loaded->bodies.status;
+  }
+  response res =
+      cached ? cached_response(req, cached, artifacts ? "a/" : "s/", job_uuid, opts)
+             : cached_response(req, nullptr, artifacts ? job->artifacts_etag : job->status_etag,
+                               artifacts ? job->artifacts_size : job->status_size,
+                               artifacts ? "a/" : "s/", job_uuid, opts);
+  if (!cached && res.status != 304) res.load_job = job_uuid;
+  res.job_uuid = job_uuid;
+  return res;
 }
 
 response route(const request& req, const decoded_target& target, route_id id, const catalog& jobs,
-               bool ready, const options& opts) {
+               bool ready, const options& opts, const loaded_job* loaded) {
   switch (id) {
     case route_id::artifacts:
     case route_id::status:
-      return job_route(req, target, jobs, id, opts);
+      return job_route(req, target, jobs, id, opts, loaded);
     case route_id::jobs:
       return cached_response(req, jobs.jobs(), "j", {}, opts);
     case route_id::cancel:
@@ -479,7 +510,8 @@ const options& default_options() {
   return defaults;
 }
 
-response handle(const request& req, const catalog& jobs, bool ready, const options& opts) {
+response handle(const request& req, const catalog& jobs, bool ready, const options& opts,
+                const loaded_job* loaded) {
   auto decoded = decode_target(req.target);
   if (auto* bad = std::get_if<bad_request>(&decoded)) return error_response(400, bad->detail);
   const decoded_target& target = std::get<decoded_target>(decoded);
@@ -514,7 +546,7 @@ response handle(const request& req, const catalog& jobs, bool ready, const optio
     res.route = id;
     return res;
   }
-  response res = route(req, target, id, jobs, ready, opts);
+  response res = route(req, target, id, jobs, ready, opts, loaded);
   res.route = id;
   if (req.method == "HEAD") res.send_body = false;
   return res;

@@ -24,6 +24,11 @@
 //   GET  /openapi.json   the OpenAPI 3 document of all of the above
 // GET routes answer HEAD too, except the event stream.
 //
+// A job whose bodies the catalog evicted still answers a matching
+// If-None-Match with 304 (and holds it with "Prefer: wait") from the ETag
+// kept; any other request for it is flagged for the shell to load the job
+// from the store (response::load_job) and ask again with the result.
+//
 // Job bodies (artifacts, status, jobs list) carry a strong ETag and
 // Cache-Control: no-cache; a matching If-None-Match gets 304 without a body.
 // With "Prefer: wait=N" such a 304 is flagged to be held until the body
@@ -125,6 +130,25 @@ struct response {
   std::optional<std::uint64_t> last_event_id;
   // GET /metrics: the shell fills in the body.
   bool metrics = false;
+  // An artifacts or status request answered from (or for) this job's bodies:
+  // the shell tells the catalog it was used.
+  std::string job_uuid;
+  // Not an answer yet: this job's bodies were evicted, so the shell loads
+  // them (see loaded_job) and calls handle() again with them.
+  std::string load_job;
+};
+
+// The bodies of one job, rebuilt from the store for requests that found them
+// evicted from the catalog (see response::load_job).
+struct loaded_job {
+  enum class outcome {
+    found,   // `bodies` holds both bodies
+    gone,    // the store no longer has the job: 404
+    failed,  // the store could not be read: 500 (the cause is logged)
+  };
+  std::string job_uuid;
+  outcome result = outcome::found;
+  cached_job bodies;
 };
 
 // The one builder of error responses: {"status":S,"title":T,"detail":D} as
@@ -163,8 +187,10 @@ void add_cors(response& res, std::string_view origin, const options& opts);
 // The options handle() reads: auth_tokens, cors_origins, max_wait.
 [[nodiscard]] const options& default_options();
 
-// Answers one request from the catalog; `ready` drives /readyz.
+// Answers one request from the catalog; `ready` drives /readyz. `loaded`,
+// when not null, stands in for the catalog's evicted bodies of its job.
 [[nodiscard]] response handle(const request& req, const catalog& jobs, bool ready,
-                              const options& opts = default_options());
+                              const options& opts = default_options(),
+                              const loaded_job* loaded = nullptr);
 
 }  // namespace ckptd::api

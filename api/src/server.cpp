@@ -5,13 +5,15 @@
 // One coroutine per connection reads a request, answers it and reads the
 // next, so pipelined requests are answered in order and at most one request
 // per connection is in flight. Everything runs on the io_context's thread;
-// other threads only post to it. The one exception is the event log: a
-// client reconnecting from further back than the in-memory ring is served
-// from RocksDB, read on a one-thread pool of the server's own.
+// other threads only post to it. The exceptions read RocksDB, on a one-thread
+// pool of the server's own: the event log, for a client reconnecting from
+// further back than the in-memory ring, and a job whose bodies the catalog
+// evicted.
 //
 // Waiting costs no thread: a held long-poll is a timer in `waiters_`, keyed
 // by the body it waits on, and publish() cancels the timers of the bodies it
-// replaces; an event stream is a timer and a queue in `subscribers_`.
+// replaces; an event stream is a timer and a queue in `subscribers_`; a
+// request parked on an evicted job is a timer in that job's load in `loads_`.
 
 #include <ckptd/api.hpp>
 #include <ckptd/log.hpp>
@@ -372,6 +374,36 @@ net::awaitable<replay_page> read_replay_page(const store::index* log, std::uint6
   co_return page;
 }
 
+// Runs on the server's pool: one job read back from the store, both bodies
+// rebuilt exactly as publish() builds them.
+loaded_job read_job(const store::index& index, std::string job_uuid) {
+  loaded_job out;
+  out.job_uuid = std::move(job_uuid);
+  out.result = loaded_job::outcome::failed;
+  try {
+    auto job = index.find_job(out.job_uuid);
+    if (!job) {
+      log::error("cannot read job ", out.job_uuid, " from the index: ", job.error().message());
+      return out;
+    }
+    if (!*job) {
+      out.result = loaded_job::outcome::gone;
+      return out;
+    }
+    auto checkpoints = index.checkpoints(out.job_uuid);
+    if (!checkpoints) {
+      log::error("cannot read checkpoints of job ", out.job_uuid, ": ",
+                 checkpoints.error().message());
+      return out;
+    }
+    out.bodies = make_cached_job(out.job_uuid, std::move(*checkpoints), status_of(**job));
+    out.result = loaded_job::outcome::found;
+  } catch (const std::exception& e) {
+    log::error("cannot rebuild the bodies of job ", out.job_uuid, ": ", e.what());
+  }
+  return out;
+}
+
 }  // namespace
 
 class server::impl : public std::enable_shared_from_this<impl> {
@@ -379,12 +411,14 @@ class server::impl : public std::enable_shared_from_this<impl> {
   impl(net::io_context& ctx, options opts)
       : ctx_(ctx),
         opts_(std::move(opts)),
+        catalog_(body_budget(opts_)),
         limiter_({opts_.rate_limit, opts_.rate_burst}, opts_.rate_clients),
         ring_(opts_.recent_events) {
     if (opts_.event_store != nullptr) pool_ = std::make_unique<net::thread_pool>(1);
   }
   ~impl() {
     if (pool_) pool_->join();
+    metrics::body_cache_bytes.dec(static_cast<double>(reported_cache_bytes_));
   }
   impl(const impl&) = delete;
   impl& operator=(const impl&) = delete;
@@ -437,6 +471,14 @@ class server::impl : public std::enable_shared_from_this<impl> {
     std::size_t& counter_;
   };
 
+  // One read of a job whose bodies were evicted, shared by every request
+  // parked on it until it is settled: by the read, or sooner by a publish or
+  // forget of the job.
+  struct body_load {
+    std::list<net::steady_timer*> parked;  // cancelled once settled
+    std::optional<loaded_job> result;
+  };
+
   // One open event stream.
   struct subscriber {
     explicit subscriber(net::any_io_executor ex) : wake(std::move(ex)) {}
@@ -474,10 +516,23 @@ class server::impl : public std::enable_shared_from_this<impl> {
   net::awaitable<bool> replay(subscriber& sub, std::optional<std::uint64_t> last_event_id,
                               bool chunked);
   net::awaitable<bool> flush(subscriber& sub, bool chunked);
+  net::awaitable<std::optional<loaded_job>> load(connection& conn, std::string job_uuid);
+  net::awaitable<std::optional<response>> answer(connection& conn,
+                                                 const http::request<http::string_body>& req);
+
+  // Without a store to rebuild them from, no body may be evicted.
+  static std::size_t body_budget(const options& opts) {
+    return opts.event_store != nullptr ? opts.body_cache_bytes : 0;
+  }
+  void start_load(const std::string& job_uuid, std::shared_ptr<body_load> load);
+  void finish_load(const std::string& job_uuid, const std::shared_ptr<body_load>& load,
+                   loaded_job result);
+  void settle_load(const std::string& job_uuid, loaded_job result);
+  void report_cache();
 
   void arm_deadline(const std::shared_ptr<connection>& conn);
   static void disarm_deadline(connection& conn);
-  response respond(const http::request<http::string_body>& req);
+  response respond(const http::request<http::string_body>& req, const loaded_job* loaded = nullptr);
   void finish(response& res, const http::request<http::string_body>& req);
   void count(const response& res, steady_clock::time_point started);
   void count(route_id route, unsigned status, steady_clock::time_point started, bool timed = true);
@@ -498,6 +553,8 @@ class server::impl : public std::enable_shared_from_this<impl> {
   std::string date_text_;
 
   std::unordered_multimap<std::string, net::steady_timer*> waiters_;
+  std::unordered_map<std::string, std::shared_ptr<body_load>> loads_;
+  std::size_t reported_cache_bytes_ = 0;  // what ckptd_http_body_cache_bytes has of ours
   std::list<subscriber*> subscribers_;
   event_ring ring_;
   std::unique_ptr<net::thread_pool> pool_;  // only with an event_store
@@ -600,21 +657,77 @@ void server::impl::reconfigure(const options& opts) {
   opts_ = std::move(next);
   limiter_.reconfigure({opts_.rate_limit, opts_.rate_burst}, opts_.rate_clients);
   ring_.set_capacity(opts_.recent_events);
+  catalog_.set_budget(body_budget(opts_));
+  report_cache();
 }
 
 void server::impl::put(const std::string& job_uuid, std::shared_ptr<const cached_body> artifacts,
                        std::shared_ptr<const cached_body> status) {
+  // Requests parked on a read of this job get these newer bodies at once;
+  // the read, when it ends, is dropped (see finish_load).
+  if (loads_.contains(job_uuid)) {
+    settle_load(job_uuid, {job_uuid, loaded_job::outcome::found, {artifacts, status}});
+  }
   const bool new_job = catalog_.put(job_uuid, std::move(artifacts), std::move(status));
+  report_cache();
   wake("a/" + job_uuid);
   wake("s/" + job_uuid);
   if (new_job) wake("j");
 }
 
 void server::impl::erase(const std::string& job_uuid) {
+  if (loads_.contains(job_uuid)) settle_load(job_uuid, {job_uuid, loaded_job::outcome::gone, {}});
   if (!catalog_.erase(job_uuid)) return;
+  report_cache();
   wake("a/" + job_uuid);
   wake("s/" + job_uuid);
   wake("j");
+}
+
+void server::impl::start_load(const std::string& job_uuid, std::shared_ptr<body_load> load) {
+  metrics::body_loads.inc();
+  // The pool holds no reference to the impl: the last one must never be
+  // dropped on the pool's thread, whose join the impl's destructor waits for.
+  // The io_context outlives the pool (~server joins it).
+  net::post(*pool_, [weak = weak_from_this(), &ctx = ctx_, index = opts_.event_store,
+                     uuid = job_uuid, load = std::move(load)]() mutable {
+    loaded_job result = read_job(*index, uuid);
+    net::post(ctx, [weak = std::move(weak), uuid = std::move(uuid), load = std::move(load),
+                    result = std::move(result)]() mutable {
+      if (auto self = weak.lock()) self->finish_load(uuid, load, std::move(result));
+    });
+  });
+}
+
+void server::impl::finish_load(const std::string& job_uuid, const std::shared_ptr<body_load>& load,
+                               loaded_job result) {
+  const auto it = loads_.find(job_uuid);
+  // Settled meanwhile by a publish (whose bodies are newer) or a forget.
+  if (it == loads_.end() || it->second != load) return;
+  if (result.result == loaded_job::outcome::found && catalog_.restore(job_uuid, result.bodies)) {
+    // The store was ahead of the last publish (its publish is on the way):
+    // long-polls holding the old ETag have news.
+    wake("a/" + job_uuid);
+    wake("s/" + job_uuid);
+  }
+  report_cache();
+  settle_load(job_uuid, std::move(result));
+}
+
+void server::impl::settle_load(const std::string& job_uuid, loaded_job result) {
+  const auto it = loads_.find(job_uuid);
+  const std::shared_ptr<body_load> load = std::move(it->second);
+  loads_.erase(it);
+  load->result = std::move(result);
+  for (net::steady_timer* timer : load->parked) timer->cancel();
+}
+
+void server::impl::report_cache() {
+  const std::size_t held = catalog_.held_bytes();
+  if (held == reported_cache_bytes_) return;  // the usual case: spare the atomic
+  metrics::body_cache_bytes.inc(static_cast<double>(held) -
+                                static_cast<double>(reported_cache_bytes_));
+  reported_cache_bytes_ = held;
 }
 
 void server::impl::wake(const std::string& key) {
@@ -843,12 +956,9 @@ net::awaitable<void> server::impl::serve(std::shared_ptr<impl> self,
     }
     disarm_deadline(*conn);
 
-    response res = self->respond(parser.get());
-    if (res.wait.count() > 0) {
-      auto held = co_await self->hold(*conn, parser.get(), std::move(res));
-      if (!held) co_return;  // the client went away while held
-      res = std::move(*held);
-    }
+    auto answered = co_await self->answer(*conn, parser.get());
+    if (!answered) co_return;  // the client went away while its request waited
+    response res = std::move(*answered);
     if (res.events) {
       if (self->subscribers_.size() >= opts.max_subscribers) {
         res = error_response(503, "Too many event streams are open; try again later.");
@@ -872,7 +982,68 @@ net::awaitable<void> server::impl::serve(std::shared_ptr<impl> self,
   co_await linger_and_close(*conn, drain_buffer(buffer));
 }
 
-response server::impl::respond(const http::request<http::string_body>& req) {
+// The answer to a request, after holding a long-poll or loading an evicted
+// job's bodies when it needs that. Nothing when the client went away meanwhile.
+net::awaitable<std::optional<response>> server::impl::answer(
+    connection& conn, const http::request<http::string_body>& req) {
+  response res = respond(req);
+  if (res.wait.count() > 0) {
+    auto held = co_await hold(conn, req, std::move(res));
+    if (!held) co_return std::nullopt;
+    res = std::move(*held);
+  }
+  if (!res.load_job.empty()) {
+    // The job's bodies were evicted (a long-poll may have woken to find so).
+    auto loaded = co_await load(conn, res.load_job);
+    if (!loaded) co_return std::nullopt;
+    std::string applied = std::move(res.preference_applied);
+    res = respond(req, &*loaded);
+    // A long-poll has had its wait; a request for an evicted job that turns
+    // out unchanged after all gets its 304 now.
+    res.wait = std::chrono::seconds(0);
+    res.wait_key.clear();
+    res.preference_applied = std::move(applied);
+  }
+  if (!res.job_uuid.empty()) {
+    catalog_.touch(res.job_uuid);
+    report_cache();
+  }
+  co_return res;
+}
+
+// Parks the request until the job's bodies are read back from the store,
+// starting that read unless one is under way. Nothing (and the request
+// dropped at once) when the client closes the connection meanwhile, as for a
+// held long-poll; the read goes on for the others, and into the catalog.
+net::awaitable<std::optional<loaded_job>> server::impl::load(connection& conn,
+                                                             std::string job_uuid) {
+  std::shared_ptr<body_load>& slot = loads_[job_uuid];
+  if (!slot) {
+    slot = std::make_shared<body_load>();
+    start_load(job_uuid, slot);
+  }
+  const std::shared_ptr<body_load> load = slot;
+  net::steady_timer timer(ctx_);
+  const auto entry = load->parked.insert(load->parked.end(), &timer);
+  metrics::body_load_waiters.inc();
+  auto watch = std::make_shared<peer_watch>();
+  watch->timer = &timer;
+  watch_peer(conn.stream.socket(), watch);
+  while (!load->result && !watch->gone) {
+    timer.expires_at(steady_clock::time_point::max());
+    co_await timer.async_wait(use_tuple);
+  }
+  watch->timer = nullptr;
+  error_code ignored;
+  conn.stream.socket().cancel(ignored);  // ends the watch if still pending
+  load->parked.erase(entry);
+  metrics::body_load_waiters.dec();
+  if (watch->gone) co_return std::nullopt;
+  co_return *load->result;
+}
+
+response server::impl::respond(const http::request<http::string_body>& req,
+                               const loaded_job* loaded) {
   try {
     request view;
     view.method = req.method_string();
@@ -886,7 +1057,7 @@ response server::impl::respond(const http::request<http::string_body>& req) {
     view.prefer = header_value(req, "Prefer");
     view.last_event_id = header_value(req, "Last-Event-ID");
     view.body = req.body();
-    return handle(view, catalog_, ready_.load(std::memory_order_relaxed), opts_);
+    return handle(view, catalog_, ready_.load(std::memory_order_relaxed), opts_, loaded);
   } catch (const std::exception& e) {
     log::error("cannot answer ", req.method_string(), " ", req.target(), ": ", e.what());
     return internal_error_response();
@@ -1228,13 +1399,9 @@ void server::publish(const std::string& job_uuid, std::vector<store::checkpoint>
   // Serialized here, on the caller's thread; the io_context only swaps
   // pointers and wakes the long-polls on this job. The status body shares the
   // artifacts body's checkpoints; gzip waits for a client that asks for it.
-  shared_job_bodies bodies = shared_job_json(job_uuid, std::move(checkpoints), status);
-  auto artifacts = make_cached_body(std::move(bodies.artifacts));
-  auto status_body =
-      make_status_body(std::move(bodies.status_head), artifacts, bodies.checkpoints_at);
-  net::post(impl_->ctx_, [self = impl_, uuid = job_uuid, artifacts = std::move(artifacts),
-                          status_body = std::move(status_body)]() mutable {
-    self->put(uuid, std::move(artifacts), std::move(status_body));
+  cached_job bodies = make_cached_job(job_uuid, std::move(checkpoints), status);
+  net::post(impl_->ctx_, [self = impl_, uuid = job_uuid, bodies = std::move(bodies)]() mutable {
+    self->put(uuid, std::move(bodies.artifacts), std::move(bodies.status));
   });
 }
 

@@ -91,6 +91,12 @@ gauge http_open_connections{"ckptd_http_open_connections", "HTTP connections cur
 gauge long_poll_waiters{"ckptd_http_long_poll_waiters",
                         "Requests currently held by a \"Prefer: wait\" long-poll."};
 gauge event_subscribers{"ckptd_events_subscribers", "Server-Sent Events streams currently open."};
+gauge body_cache_bytes{"ckptd_http_body_cache_bytes",
+                       "Bytes of job bodies (gzip encodings included) kept in memory."};
+counter body_loads{"ckptd_http_body_loads_total",
+                   "Reads of a job from the index to rebuild bodies evicted from memory."};
+gauge body_load_waiters{"ckptd_http_body_load_waiters",
+                        "Requests waiting for a job's evicted bodies to be read back."};
 
 void histogram::observe(double value) noexcept {
   if (std::isnan(value)) return;
@@ -171,6 +177,9 @@ void render(std::string& out) {
   render_gauge(out, http_open_connections);
   render_gauge(out, long_poll_waiters);
   render_gauge(out, event_subscribers);
+  render_gauge(out, body_cache_bytes);
+  render_counter(out, body_loads);
+  render_gauge(out, body_load_waiters);
   render_gauge(out, checkpoints_indexed);
   render_gauge(out, jobs_indexed);
   render_histogram(out, ingest_latency);

@@ -3,15 +3,19 @@
 // from in-memory bodies that are rebuilt only when a job changes, plus
 // ckptd's own routes for dashboards (long-poll, Server-Sent Events, metrics).
 //
-// Requests never touch the disk: `publish` serializes a job's bodies on the
-// caller's thread and hands the finished bytes to the server's io_context,
-// which wakes the long-polls waiting on that job (a body's gzip encoding is
-// made there, on the first request that accepts it). Push events go
-// the same way through `publish_events`; only a client reconnecting from
-// further back than the in-memory ring reaches RocksDB, on a thread of the
-// server's own. Each client address has a token bucket; an empty one gets
-// 429 before any other work is done. Routes, headers and limits are listed
-// in src/router.hpp.
+// Requests never touch the disk on the HTTP thread: `publish` serializes a
+// job's bodies on the caller's thread and hands the finished bytes to the
+// server's io_context, which wakes the long-polls waiting on that job (a
+// body's gzip encoding is made there, on the first request that accepts it).
+// With an event_store, only the most recently used jobs keep their bodies,
+// within options::body_cache_bytes; every job keeps its ETags, so 304s and
+// long-polls never wait. A request that needs an evicted body waits, without
+// a thread, while one read of the job from the store rebuilds it on a thread
+// of the server's own. Push events go the same way through `publish_events`;
+// only a client reconnecting from further back than the in-memory ring
+// reaches RocksDB, on that same thread. Each client address has a token
+// bucket; an empty one gets 429 before any other work is done. Routes,
+// headers and limits are listed in src/router.hpp.
 //
 // Thread-safety: construct, start and stop on the io_context's thread.
 // Everything else may be called from any thread.
@@ -97,8 +101,17 @@ struct options {
   // The event log, read only to replay history to a client reconnecting from
   // further back than the in-memory events (off the HTTP thread). Not owned;
   // must outlive the server. nullptr: such a client gets an "event: reset".
+  // Also where evicted job bodies are rebuilt from (see body_cache_bytes).
   // Default: nullptr.
   const store::index* event_store = nullptr;
+  // Bytes of job bodies (artifacts and status, gzip encodings included) kept
+  // in memory; the least recently requested or published jobs lose theirs
+  // first, keeping only their ETags. A request that needs an evicted body is
+  // answered once the job has been read back from event_store (the bodies are
+  // byte for byte what publish() made of the same checkpoints). 0 keeps every
+  // body. Only with an event_store; without one every body is kept.
+  // Default: 4 MiB.
+  std::size_t body_cache_bytes = 4 * 1024 * 1024;
 };
 
 // A job's status as llama-stack's PostTrainingJobStatusResponse reports it;
@@ -109,6 +122,10 @@ struct job_status {
   std::optional<std::int64_t> completed_at_ns;
   friend bool operator==(const job_status&, const job_status&) = default;
 };
+
+// The status the API reports for a job record of the store: its status word
+// ("scheduled" when not yet judged) and its times when known (not 0).
+[[nodiscard]] job_status status_of(const store::job& record);
 
 class server {
  public:
@@ -129,12 +146,16 @@ class server {
   [[nodiscard]] std::size_t open_connections() const;
   // Applies changed options to the running server without dropping
   // connections: rate limits (each client's bucket keeps its share of a full
-  // bucket), auth tokens, CORS origins, limits, timeouts and bounds. The
+  // bucket), auth tokens, CORS origins, limits, timeouts, bounds and the body
+  // cache's budget. The
   // listening sockets and event_store are not changed. Applied before
   // returning when called on the io_context's thread, else shortly after.
   void reconfigure(const options& opts);
 
-  // The job's current checkpoints (any order) and status; the job becomes known.
+  // The job's current checkpoints (any order) and status; the job becomes
+  // known, and its bodies the most recently used. With an event_store they
+  // must be what the store holds for the job (as the store's own records
+  // read back give), since an evicted body is rebuilt from there.
   void publish(const std::string& job_uuid, std::vector<store::checkpoint> checkpoints,
                job_status status = {});
   // The job is gone: its routes answer 404 from now on.

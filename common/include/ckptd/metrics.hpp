@@ -146,6 +146,14 @@ extern gauge http_open_connections;
 extern gauge long_poll_waiters;
 // ckptd_events_subscribers: Server-Sent Events streams currently open.
 extern gauge event_subscribers;
+// ckptd_http_body_cache_bytes: bytes of job bodies (gzip encodings included)
+// the API keeps in memory, within its body cache budget.
+extern gauge body_cache_bytes;
+// ckptd_http_body_loads_total: reads of a job from the index to rebuild
+// bodies evicted from memory (one per job, however many requests wait on it).
+extern counter body_loads;
+// ckptd_http_body_load_waiters: requests currently waiting for such a read.
+extern gauge body_load_waiters;
 
 // ---- exposition ---------------------------------------------------------------
 
