@@ -257,14 +257,14 @@ int run(daemon::settings s, int argc, char** argv) {
   // from /readyz come only once every job reconciled is published.
   cb.on_reconciled = [&] {
     pub.after_changes([&] {
-      reconciled = true;
-      server.set_ready(index.healthy());
-      pub.report_status(/*force=*/true);
-      service::notify("READY=1");
       // The first scan's listings, reads and decoded records are freed by
       // now, but glibc keeps the pages in its arenas (one per thread that
       // allocated): hand them back, ~2 MB after indexing a large tree.
       ::malloc_trim(0);
+      reconciled = true;
+      server.set_ready(index.healthy());
+      pub.report_status(/*force=*/true);
+      service::notify("READY=1");
     });
   };
   cb.on_index_health = [&](bool healthy) {

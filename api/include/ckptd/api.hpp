@@ -96,8 +96,9 @@ struct options {
   // proxies and clients can tell it is alive. Default: 15 s.
   std::chrono::milliseconds heartbeat_interval{15000};
   // Most recent events kept in memory to replay to reconnecting clients
-  // without reading the store. Default: 4096.
-  std::size_t recent_events = 4096;
+  // without reading the store (about 450 bytes each; one further back is
+  // read from the store off the HTTP thread). Default: 1024.
+  std::size_t recent_events = 1024;
   // The event log, read only to replay history to a client reconnecting from
   // further back than the in-memory events (off the HTTP thread). Not owned;
   // must outlive the server. nullptr: such a client gets an "event: reset".
