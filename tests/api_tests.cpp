@@ -2502,6 +2502,8 @@ BOOST_AUTO_TEST_CASE(server_disconnects_slow_subscribers, *boost::unit_test::tim
   api::options opts = unlimited();
   opts.max_subscriber_queue_bytes = 64 * 1024;
   opts.write_timeout = 60s;
+  // No store here: the reconnect below is served from memory alone.
+  opts.recent_events = 4096;
   running_server s(opts);
   sse_client slow(s.srv.port(), "/v1/ckptd/events");
   slow.until([&] { return !slow.frames().empty(); });
