@@ -11,6 +11,8 @@
 #include <boost/json.hpp>
 #include <boost/test/unit_test.hpp>
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,6 +20,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <set>
 #include <thread>
 
 namespace tt = boost::test_tools;
@@ -1062,6 +1065,116 @@ BOOST_AUTO_TEST_CASE(disk_view_listing_and_reads) {
   BOOST_TEST(*v->read("a.txt", 0, 100) == "hi");
   fs::remove(root / "a.txt");
   BOOST_TEST(!v->read("a.txt", 0, 100).has_value());
+}
+
+namespace {
+
+// Everything a dir_reader yields for the folder at `dir`: name -> DT_* type.
+// Fails the test when the listing ends with an error.
+std::map<std::string, unsigned char> read_entries(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  BOOST_TEST_REQUIRE(fd >= 0);
+  std::map<std::string, unsigned char> out;
+  w::dir_reader reader(fd);
+  w::dir_entry_view e;
+  while (reader.next(e)) {
+    BOOST_TEST(e.name.data()[e.name.size()] == '\0');  // usable as a C string
+    BOOST_TEST(out.emplace(std::string(e.name), e.type).second, "twice: " << e.name);
+  }
+  BOOST_TEST(reader.error() == 0);
+  BOOST_TEST(!reader.next(e));  // stays at the end
+  ::close(fd);
+  return out;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(dir_reader_lists_every_entry_once) {
+  t::temp_dir tmp;
+  const auto empty = tmp / "empty";
+  fs::create_directory(empty);
+  BOOST_TEST(read_entries(empty).empty());  // no "." or ".."
+
+  // Enough long names to need several getdents64 calls into the 8 KiB buffer.
+  const auto big = tmp / "big";
+  std::set<std::string> expected;
+  for (int i = 0; i < 600; ++i) {
+    const auto name = "checkpoint-" + std::to_string(i) + std::string(40, 'x');
+    t::write_file(big / name, "");
+    expected.insert(name);
+  }
+  fs::create_directory(big / "sub");
+  fs::create_symlink("nowhere", big / "link");
+  BOOST_TEST_REQUIRE(::mkfifo((big / "fifo").c_str(), 0600) == 0);
+  expected.insert({"sub", "link", "fifo"});
+  const auto got = read_entries(big);
+  std::set<std::string> names;
+  for (const auto& [name, type] : got) names.insert(name);
+  BOOST_TEST(names == expected, tt::per_element());
+  // Types as the kernel reports them, where the filesystem reports any.
+  const auto type_of = [&](const std::string& name) { return got.at(name); };
+  if (type_of("sub") != DT_UNKNOWN) {
+    BOOST_TEST(type_of("sub") == DT_DIR);
+    BOOST_TEST(type_of("link") == DT_LNK);
+    BOOST_TEST(type_of("fifo") == DT_FIFO);
+    BOOST_TEST(type_of(*expected.begin()) == DT_REG);
+  }
+
+  // Not a folder: the listing ends at once with the kernel's error.
+  const int file_fd = ::open((big / "sub").c_str(), O_PATH | O_CLOEXEC);
+  BOOST_TEST_REQUIRE(file_fd >= 0);
+  w::dir_reader path_reader(file_fd);
+  w::dir_entry_view e;
+  BOOST_TEST(!path_reader.next(e));
+  BOOST_TEST(path_reader.error() == EBADF);  // O_PATH descriptors cannot be listed
+  ::close(file_fd);
+  const int reg_fd = ::open((big / *expected.begin()).c_str(), O_RDONLY | O_CLOEXEC);
+  BOOST_TEST_REQUIRE(reg_fd >= 0);
+  w::dir_reader reg_reader(reg_fd);
+  BOOST_TEST(!reg_reader.next(e));
+  BOOST_TEST(reg_reader.error() == ENOTDIR);
+  ::close(reg_fd);
+}
+
+BOOST_AUTO_TEST_CASE(dir_reader_on_many_threads) {
+  // Each reader has its own buffer: folders listed at the same time on
+  // different threads do not see each other's entries.
+  t::temp_dir tmp;
+  constexpr int folders = 4;
+  constexpr int files_per_folder = 300;
+  for (int f = 0; f < folders; ++f) {
+    const auto dir = tmp / ("d" + std::to_string(f));
+    for (int i = 0; i < files_per_folder; ++i) {
+      const auto name = "f" + std::to_string(f) + "-" + std::to_string(i) + std::string(30, 'y');
+      t::write_file(dir / name, "");
+    }
+  }
+  std::vector<std::map<std::string, unsigned char>> results(folders);
+  std::vector<int> rounds_ok(folders, 0);
+  {
+    std::vector<std::jthread> threads;
+    for (int f = 0; f < folders; ++f) {
+      threads.emplace_back([&, f] {
+        const auto dir = tmp / ("d" + std::to_string(f));
+        const std::string prefix = "f" + std::to_string(f) + "-";
+        for (int round = 0; round < 50; ++round) {
+          const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+          if (fd < 0) return;
+          w::dir_reader reader(fd);
+          w::dir_entry_view e;
+          int count = 0;
+          bool own = true;
+          while (reader.next(e)) {
+            ++count;
+            own = own && e.name.starts_with(prefix);
+          }
+          ::close(fd);
+          if (own && count == files_per_folder && reader.error() == 0) ++rounds_ok[f];
+        }
+      });
+    }
+  }
+  for (int f = 0; f < folders; ++f) BOOST_TEST(rounds_ok[f] == 50);
 }
 
 BOOST_AUTO_TEST_CASE(fixture_bytes_are_valid) {

@@ -20,11 +20,11 @@
 //    is opened with O_NOFOLLOW, and "", "." and ".." components are refused,
 //    so a layout can look only where it says it looks.
 
+#include "dir_entries.hpp"
 #include "layout.hpp"
 
 #include <ckptd/log.hpp>
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -176,7 +176,7 @@ class disk_view final : public candidate_view {
   const std::vector<file_info>& files() const override { return files_; }
 
   ~disk_view() override {
-    if (self_dir_ != nullptr) ::closedir(self_dir_);
+    if (self_fd_ >= 0) ::close(self_fd_);
   }
   disk_view(const disk_view&) = delete;
   disk_view& operator=(const disk_view&) = delete;
@@ -224,43 +224,34 @@ class disk_view final : public candidate_view {
     if (!base) return out;
     const int fd = open_below(*base, rel, /*want_file=*/false);
     if (fd < 0) return out;
-    // O_PATH descriptors cannot be read: reopen the folder itself for readdir.
+    // O_PATH descriptors cannot be listed: reopen the folder itself.
     const int dir_fd = open_retrying(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     ::close(fd);
     if (dir_fd < 0) return out;
-    DIR* dir = ::fdopendir(dir_fd);
-    if (!dir) {
-      ::close(dir_fd);
-      return out;
-    }
-    while (const dirent* entry = ::readdir(dir)) {
-      const std::string_view entry_name = entry->d_name;
-      if (entry_name == "." || entry_name == "..") continue;
+    const fd_guard dir(dir_fd);
+    dir_reader reader(dir_fd);
+    dir_entry_view entry;
+    while (reader.next(entry)) {
       if (out.size() >= max_beside_entries) break;
       struct stat st {};
-      if (::fstatat(::dirfd(dir), entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+      if (::fstatat(dir_fd, entry.name.data(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
       const bool is_folder = S_ISDIR(st.st_mode);
       if (!is_folder && !S_ISREG(st.st_mode)) continue;
-      out.push_back(file_info{std::string(entry_name), is_folder,
+      out.push_back(file_info{std::string(entry.name), is_folder,
                               is_folder ? 0 : static_cast<std::uint64_t>(st.st_size),
                               mtime_ns_of(st)});
     }
-    ::closedir(dir);
     std::sort(out.begin(), out.end(),
               [](const file_info& a, const file_info& b) { return a.rel < b.rel; });
     return out;
   }
 
-  // Lists the folder open as `root_fd` (taking ownership), whose directory
-  // stream then stays open until the view is destroyed: reads open files
-  // relative to it, without walking the absolute path again.
+  // Lists the folder open as `root_fd` (taking ownership), which then stays
+  // open until the view is destroyed: reads open files relative to it,
+  // without walking the absolute path again.
   void list(int root_fd, int max_depth) {
-    self_dir_ = ::fdopendir(root_fd);
-    if (self_dir_ == nullptr) {
-      ::close(root_fd);
-      return;
-    }
-    list_stream(self_dir_, std::string(), 1, max_depth);
+    self_fd_ = root_fd;
+    list_folder(root_fd, std::string(), 1, max_depth);
     std::sort(files_.begin(), files_.end(),
               [](const file_info& a, const file_info& b) { return a.rel < b.rel; });
   }
@@ -271,48 +262,47 @@ class disk_view final : public candidate_view {
   }
 
  private:
-  // Takes ownership of `dir_fd`.
-  void list_dir(int dir_fd, const std::string& prefix, int depth, int max_depth) {
-    DIR* dir = ::fdopendir(dir_fd);
-    if (!dir) {
-      ::close(dir_fd);
-      return;
-    }
-    list_stream(dir, prefix, depth, max_depth);
-    ::closedir(dir);
-  }
-
-  // Lists an open directory stream and, below it, its subfolders.
-  void list_stream(DIR* dir, const std::string& prefix, int depth, int max_depth) {
-    std::vector<std::string> subfolders;
-    while (const dirent* entry = ::readdir(dir)) {
-      const std::string_view entry_name = entry->d_name;
-      if (entry_name == "." || entry_name == "..") continue;
-      if (files_.size() >= max_entries) {
-        if (!truncated_) {
-          truncated_ = true;
-          log::warning("more than ", max_entries, " entries under ", path_.string(),
-                       "; looking at the first ", max_entries, " only");
+  // Lists the folder open as `dir_fd` (kept open) and, below it, its
+  // subfolders.
+  void list_folder(int dir_fd, const std::string& prefix, int depth, int max_depth) {
+    // Where this folder's subfolders sit in files_, to descend into.
+    std::vector<std::size_t> subfolders;
+    {
+      // Scoped: the reader's buffer is gone before the descent, so a deep
+      // tree holds one buffer on the stack, not one per level.
+      dir_reader reader(dir_fd);
+      dir_entry_view entry;
+      while (reader.next(entry)) {
+        if (files_.size() >= max_entries) {
+          if (!truncated_) {
+            truncated_ = true;
+            log::warning("more than ", max_entries, " entries under ", path_.string(),
+                         "; looking at the first ", max_entries, " only");
+          }
+          break;
         }
-        break;
+        struct stat st {};
+        if (::fstatat(dir_fd, entry.name.data(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+        const bool is_folder = S_ISDIR(st.st_mode);
+        if (!is_folder && !S_ISREG(st.st_mode)) continue;  // symlinks, sockets, FIFOs
+        std::string rel;
+        rel.reserve(prefix.size() + entry.name.size());
+        rel.append(prefix).append(entry.name);
+        if (is_folder && depth < max_depth) subfolders.push_back(files_.size());
+        files_.push_back(file_info{std::move(rel), is_folder,
+                                   is_folder ? 0 : static_cast<std::uint64_t>(st.st_size),
+                                   mtime_ns_of(st)});
       }
-      struct stat st {};
-      if (::fstatat(::dirfd(dir), entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
-      const bool is_folder = S_ISDIR(st.st_mode);
-      if (!is_folder && !S_ISREG(st.st_mode)) continue;  // symlinks, sockets, FIFOs
-      std::string rel = prefix + std::string(entry_name);
-      files_.push_back(file_info{
-          rel, is_folder, is_folder ? 0 : static_cast<std::uint64_t>(st.st_size), mtime_ns_of(st)});
-      if (is_folder && depth < max_depth) subfolders.push_back(std::move(rel));
     }
-    // Descend after the loop so that only one directory stream per level is
-    // open at a time.
-    for (const auto& sub : subfolders) {
-      const auto slash = sub.rfind('/');
-      const std::string sub_name = slash == std::string::npos ? sub : sub.substr(slash + 1);
-      const int fd = open_retrying(::dirfd(dir), sub_name.c_str(),
-                                   O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-      if (fd >= 0) list_dir(fd, sub + "/", depth + 1, max_depth);  // vanished: skip
+    for (const auto index : subfolders) {
+      // Copied: files_ may grow (and move its strings) while listing below.
+      const std::string sub = files_[index].rel;
+      const char* sub_name = sub.c_str() + prefix.size();
+      const int fd =
+          open_retrying(dir_fd, sub_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0) continue;  // vanished: skip
+      const fd_guard guard(fd);
+      list_folder(fd, sub + "/", depth + 1, max_depth);
     }
   }
 
@@ -321,8 +311,8 @@ class disk_view final : public candidate_view {
   // Opens the file at `rel` inside the candidate folder, relative to its
   // open stream (by path only when the folder could not be listed).
   int open_in_self(std::string_view rel) const {
-    if (self_dir_ == nullptr) return open_below(path_, rel, /*want_file=*/true);
-    return open_below_fd(::dirfd(self_dir_), rel, /*want_file=*/true);
+    if (self_fd_ < 0) return open_below(path_, rel, /*want_file=*/true);
+    return open_below_fd(self_fd_, rel, /*want_file=*/true);
   }
 
   // The candidate's parent (up 0) or the parent's parent (up 1), or nullptr.
@@ -339,7 +329,7 @@ class disk_view final : public candidate_view {
   bool is_dir_;
   std::vector<file_info> files_;
   bool truncated_ = false;
-  DIR* self_dir_ = nullptr;  // the candidate folder, while the view lives
+  int self_fd_ = -1;  // the candidate folder, while the view lives
 };
 
 }  // namespace
