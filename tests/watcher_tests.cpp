@@ -1177,6 +1177,62 @@ BOOST_AUTO_TEST_CASE(dir_reader_on_many_threads) {
   for (int f = 0; f < folders; ++f) BOOST_TEST(rounds_ok[f] == 50);
 }
 
+BOOST_AUTO_TEST_CASE(disk_view_reads_files_changed_since_listing) {
+  // Reads of listed files trust the listed size instead of an fstat; files
+  // that changed since must still read as they are now.
+  t::temp_dir tmp;
+  const auto root = tmp / "cand";
+  t::write_file(root / "grows.txt", "abc");
+  t::write_file(root / "shrinks.txt", std::string(100, 's'));
+  t::write_file(root / "becomes-fifo", "data");
+  t::write_file(root / "becomes-dir", "data");
+  t::write_file(root / "same.txt", "unchanged");
+  const auto v = view(root);
+  BOOST_TEST_REQUIRE(w::find_file(*v, "grows.txt")->size == 3u);
+
+  // Grown well past the listed size (several buffer doublings).
+  std::string grown;
+  for (int i = 0; grown.size() < 50'000; ++i) grown += std::to_string(i) + ",";
+  t::write_file(root / "grows.txt", grown);
+  constexpr std::uint64_t generous = (64ull << 20) + 1;
+  BOOST_TEST(*v->read("grows.txt", 0, generous) == grown);
+  BOOST_TEST(*v->read("grows.txt", 0, 5) == grown.substr(0, 5));
+  BOOST_TEST(*v->read("grows.txt", 2, 10) == grown.substr(2, 10));
+  BOOST_TEST(*v->read("grows.txt", 10, generous) == grown.substr(10));
+  BOOST_TEST(*v->read("grows.txt", 40'000, 4) == grown.substr(40'000, 4));  // beyond the listing
+  BOOST_TEST(v->read("grows.txt", 0, 0)->empty());
+
+  // Shrunk: what is there now, and nothing past its new end.
+  t::write_file(root / "shrinks.txt", "tiny");
+  BOOST_TEST(*v->read("shrinks.txt", 0, generous) == "tiny");
+  BOOST_TEST(*v->read("shrinks.txt", 2, 50) == "ny");
+  BOOST_TEST(v->read("shrinks.txt", 50, 10)->empty());
+
+  // Replaced by a FIFO (no writer: a blocking read would hang) or a folder:
+  // not a file to read.
+  fs::remove(root / "becomes-fifo");
+  BOOST_TEST_REQUIRE(::mkfifo((root / "becomes-fifo").c_str(), 0600) == 0);
+  BOOST_TEST(!v->read("becomes-fifo", 0, generous).has_value());
+  BOOST_TEST(!v->read("becomes-fifo", 0, 0).has_value());
+  fs::remove(root / "becomes-dir");
+  fs::create_directory(root / "becomes-dir");
+  BOOST_TEST(!v->read("becomes-dir", 0, generous).has_value());
+  BOOST_TEST(!v->read("becomes-dir", 0, 0).has_value());
+
+  // A generous limit is not allocated up front.
+  const auto same = v->read("same.txt", 0, generous);
+  BOOST_TEST_REQUIRE(same.has_value());
+  BOOST_TEST(*same == "unchanged");
+  BOOST_TEST(same->capacity() < 4096u);
+
+  // A file candidate replaced by a FIFO after listing.
+  t::write_file(tmp / "single.bin", "12345678");
+  const auto file = view(tmp / "single.bin");
+  fs::remove(tmp / "single.bin");
+  BOOST_TEST_REQUIRE(::mkfifo((tmp / "single.bin").c_str(), 0600) == 0);
+  BOOST_TEST(!file->read("", 0, 100).has_value());
+}
+
 BOOST_AUTO_TEST_CASE(fixture_bytes_are_valid) {
   // The fixtures' archives must be what real readers accept: check the
   // structure independently of the watcher's own checks.

@@ -30,7 +30,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <utility>
 
@@ -48,6 +50,8 @@ constexpr std::uint64_t max_read_bytes = 256ull << 20;
 // A run folder's logs/ or the folder above checkpoints/ holds a handful of
 // files; more than this and the rest are not looked at.
 constexpr std::size_t max_beside_entries = 10'000;
+// The least a read grows its buffer by when a file is longer than listed.
+constexpr std::uint64_t min_growth_bytes = 4096;
 
 class fd_guard {
  public:
@@ -100,8 +104,13 @@ int open_below_fd(int base_fd, std::string_view rel, bool want_file) {
   if (!rel.empty() && rel.front() == '/') return -1;
   if (rel.empty() && want_file) return -1;
   if (want_file && is_plain_name(rel)) {
-    // The common case (a file directly in the candidate): one openat.
-    return open_file_for_read(base_fd, std::string(rel).c_str());
+    // The common case (a file directly in the candidate): one openat, with
+    // the name copied to the stack ("trainer_state.json" is too long for a
+    // std::string's inline buffer).
+    if (rel.size() > NAME_MAX) return -1;
+    std::array<char, NAME_MAX + 1> name{};
+    std::memcpy(name.data(), rel.data(), rel.size());
+    return open_file_for_read(base_fd, name.data());
   }
   int dir = open_retrying(base_fd, ".", open_dir_flags);
   std::size_t start = 0;
@@ -136,22 +145,48 @@ int open_below(const std::filesystem::path& base, std::string_view rel, bool wan
   return open_below_fd(base_fd, rel, want_file);
 }
 
-// Up to `length` bytes from `offset` of the regular file open as `fd`.
-std::optional<std::string> read_range(int fd, std::uint64_t offset, std::uint64_t length) {
+// Up to `length` bytes from `offset` of the file open as `fd` (closed here).
+//
+// `size_hint` is the file's size as the listing saw it. With it there is no
+// fstat: one pread of hint + 1 bytes (from `offset`) normally returns exactly
+// the hinted rest, which shows the file unchanged and ends the read. A file
+// that grew or shrank since the listing is read on until EOF or `length`, the
+// buffer growing as bytes arrive, so a caller's generous limit (64 MiB + 1)
+// is never allocated up front. A FIFO or a folder that has taken the file's
+// place fails its pread (ESPIPE, EISDIR): nullopt, as fstat's S_ISREG check
+// gave before. (A device node would be read like a file, bounded by `length`;
+// making one takes CAP_MKNOD.) Without a hint, fstat supplies it and refuses
+// anything but a regular file.
+std::optional<std::string> read_range(int fd, std::uint64_t offset, std::uint64_t length,
+                                      std::optional<std::uint64_t> size_hint) {
   const fd_guard file(fd);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
-  const auto size = static_cast<std::uint64_t>(st.st_size);
-  if (offset >= size) return std::string();
-  std::string out(std::min({length, size - offset, max_read_bytes}), '\0');
+  const std::uint64_t want = std::min(length, max_read_bytes);
+  if (!size_hint || want == 0) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
+    if (want == 0) return std::string();
+    size_hint = static_cast<std::uint64_t>(st.st_size);
+  }
+  const std::uint64_t expected = *size_hint > offset ? *size_hint - offset : 0;
+  // The byte past the expected end tells a grown file from an unchanged one.
+  std::string out;
+  out.resize(static_cast<std::size_t>(std::min(want, expected + 1)));
   std::size_t got = 0;
-  while (got < out.size()) {
+  for (;;) {
+    if (got == out.size()) {
+      if (got == want) break;
+      // Grew since listing: double, within `want`.
+      const auto grown = std::max<std::uint64_t>(2 * got, min_growth_bytes);
+      out.resize(static_cast<std::size_t>(std::min(want, grown)));
+    }
     const ssize_t n =
         ::pread(fd, out.data() + got, out.size() - got, static_cast<off_t>(offset + got));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return std::nullopt;
-    if (n == 0) break;  // the file shrank since fstat
+    if (n == 0) break;  // EOF
     got += static_cast<std::size_t>(n);
+    // Exactly the listed size: the file is as listed, and this is its end.
+    if (got == expected && got < out.size()) break;
   }
   out.resize(got);
   return out;
@@ -186,7 +221,7 @@ class disk_view final : public candidate_view {
     const int fd =
         is_dir_ ? (rel.empty() ? -1 : open_in_self(rel)) : (rel.empty() ? open_self() : -1);
     if (fd < 0) return std::nullopt;
-    return read_range(fd, offset, length);
+    return read_range(fd, offset, length, listed_size(rel));
   }
 
   std::optional<std::string> read_sibling(std::string_view name,
@@ -195,7 +230,7 @@ class disk_view final : public candidate_view {
     const int fd = open_below(parent_, name, /*want_file=*/true);
     if (fd < 0) return std::nullopt;
     // One byte more than allowed tells a file that is too large.
-    auto text = read_range(fd, 0, max_bytes + 1);
+    auto text = read_range(fd, 0, max_bytes + 1, std::nullopt);
     if (!text || text->size() > max_bytes) return std::nullopt;
     return text;
   }
@@ -215,7 +250,7 @@ class disk_view final : public candidate_view {
     if (!base || rel.empty()) return std::nullopt;
     const int fd = open_below(*base, rel, /*want_file=*/true);
     if (fd < 0) return std::nullopt;
-    return read_range(fd, offset, length);
+    return read_range(fd, offset, length, std::nullopt);
   }
 
   std::vector<file_info> list_beside(int up, std::string_view rel) const override {
@@ -304,6 +339,16 @@ class disk_view final : public candidate_view {
       const fd_guard guard(fd);
       list_folder(fd, sub + "/", depth + 1, max_depth);
     }
+  }
+
+  // The size of the candidate's file at `rel` as listed, or nullopt when the
+  // listing does not have it as a file.
+  std::optional<std::uint64_t> listed_size(std::string_view rel) const {
+    const auto it =
+        std::lower_bound(files_.begin(), files_.end(), rel,
+                         [](const file_info& f, std::string_view r) { return f.rel < r; });
+    if (it == files_.end() || it->rel != rel || it->is_dir) return std::nullopt;
+    return it->size;
   }
 
   int open_self() const { return open_file_for_read(AT_FDCWD, path_.c_str()); }
