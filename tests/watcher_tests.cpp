@@ -427,20 +427,57 @@ BOOST_AUTO_TEST_CASE(sharded_index) {
 
 BOOST_AUTO_TEST_CASE(python_json_literals) {
   boost::system::error_code ec;
-  auto v =
-      w::parse_python_json(R"({"a": NaN, "b": [Infinity, -Infinity], "c": "NaN Infinity"})", ec);
+  auto v = w::parse_python_json(R"({"a": NaN, "b": [Infinity, -Infinity], "c": "NaN Infinity"})",
+                                ec, {});
   BOOST_TEST_REQUIRE(!ec);
   BOOST_TEST(v.at("a").is_null());
   BOOST_TEST(v.at("b").at(0).is_null());
   BOOST_TEST(v.at("b").at(1).is_null());
   BOOST_TEST(v.at("c").as_string() == "NaN Infinity");
-  v = w::parse_python_json(R"({"s": "a\"NaN", "x": 1})", ec);
+  v = w::parse_python_json(R"({"s": "a\"NaN", "x": 1})", ec, {});
   BOOST_TEST_REQUIRE(!ec);
   BOOST_TEST(v.at("s").as_string() == "a\"NaN");
-  w::parse_python_json(R"({"a": Nan})", ec);
+  // Each literal alone, so each is found by the scan that decides whether
+  // any is there at all.
+  for (const auto* text : {R"({"x": Infinity})", R"({"x": -Infinity})", R"({"x": NaN})"}) {
+    v = w::parse_python_json(text, ec, {});
+    BOOST_TEST_REQUIRE(!ec, text);
+    BOOST_TEST(v.at("x").is_null(), text);
+  }
+  w::parse_python_json(R"({"a": Nan})", ec, {});
   BOOST_TEST(ec.failed());
-  w::parse_python_json(R"({"a": 1)", ec);
+  w::parse_python_json(R"({"a": 1)", ec, {});
   BOOST_TEST(ec.failed());
+}
+
+BOOST_AUTO_TEST_CASE(python_json_into_an_arena) {
+  // Values parsed into an arena live in it, whether the document fits its
+  // buffer or spills to the heap.
+  w::json_arena arena;
+  boost::system::error_code ec;
+  const auto small = w::parse_python_json(R"({"loss": NaN, "step": 7})", ec, arena.storage());
+  BOOST_TEST_REQUIRE(!ec);
+  BOOST_TEST(small.storage().get() == arena.storage().get());
+  BOOST_TEST(small.at("loss").is_null());
+  BOOST_TEST(small.at("step").as_int64() == 7);
+
+  boost::json::array history;
+  for (int i = 0; i < 2'000; ++i) {
+    history.push_back(
+        boost::json::object{{"step", i},
+                            {"loss", 1.0 / (i + 1)},
+                            {"note", "a string long enough to allocate " + std::to_string(i)}});
+  }
+  const std::string text = boost::json::serialize(boost::json::object{{"log_history", history}});
+  BOOST_TEST_REQUIRE(text.size() > 100'000u);
+  w::json_arena big_arena;
+  const auto big = w::parse_python_json(text, ec, big_arena.storage());
+  BOOST_TEST_REQUIRE(!ec);
+  BOOST_TEST(big.storage().get() == big_arena.storage().get());
+  BOOST_TEST(big.at("log_history").as_array().size() == 2'000u);
+  BOOST_TEST(big.at("log_history").at(1'999).at("note").as_string() ==
+             "a string long enough to allocate 1999");
+  BOOST_TEST(big.at("log_history").at(1'999).at("step").as_int64() == 1'999);
 }
 
 BOOST_AUTO_TEST_CASE(fixture_python_float) {

@@ -85,8 +85,9 @@ std::string index_problem_impl(const candidate_view& c, const file_info& index,
   std::string problem;
   const auto text = read_small_file(c, index, max_index_bytes, problem);
   if (!text) return problem;
+  json_arena arena;
   boost::system::error_code ec;
-  const auto root = parse_python_json(*text, ec);
+  const auto root = parse_python_json(*text, ec, arena.storage());
   if (ec) return what + ": not valid JSON (" + ec.message() + "); truncated or still being written";
   const auto* obj = root.if_object();
   const auto* map = obj ? obj->if_contains("weight_map") : nullptr;
@@ -153,8 +154,9 @@ std::string safetensors_problem(const candidate_view& c, const file_info& f) {
   const std::string_view header = long_header ? std::string_view(*long_header)
                                               : std::string_view(*head).substr(8, header_bytes);
 
+  json_arena arena;
   boost::system::error_code ec;
-  const auto root = boost::json::parse(header, ec);
+  const auto root = boost::json::parse(header, ec, arena.storage());
   const auto* tensors = ec ? nullptr : root.if_object();
   if (!tensors) return what + ": header is not a JSON object";
   std::uint64_t data_end = 0;
@@ -290,7 +292,14 @@ std::optional<std::string> read_small_file(const candidate_view& c, const file_i
   return text;
 }
 
-boost::json::value parse_python_json(std::string_view text, boost::system::error_code& ec) {
+boost::json::value parse_python_json(std::string_view text, boost::system::error_code& ec,
+                                     boost::json::storage_ptr sp) {
+  // Every literal to swap holds an 'N' or an 'I', which a trainer_state.json
+  // without a NaN loss has nowhere (its keys are lower case): two find()s
+  // (memchr) then spare the byte-by-byte walk below.
+  if (text.find('N') == std::string_view::npos && text.find('I') == std::string_view::npos) {
+    return boost::json::parse(text, ec, std::move(sp));
+  }
   // Outside strings, a letter can only start true, false or null in real JSON,
   // so NaN / Infinity there are Python's literals and can be swapped safely.
   std::string rewritten;
@@ -322,14 +331,17 @@ boost::json::value parse_python_json(std::string_view text, boost::system::error
       length = 9;
     }
     if (length == 0) continue;
+    // Room for the copy up front ("null" is one byte longer than "NaN"), so a
+    // log_history full of NaN losses does not regrow it at every one.
+    if (copied == 0) rewritten.reserve(text.size() + text.size() / 8 + 8);
     rewritten.append(text.substr(copied, i - copied));
     rewritten.append("null");
     i += length - 1;
     copied = i + 1;
   }
-  if (copied == 0) return boost::json::parse(text, ec);
+  if (copied == 0) return boost::json::parse(text, ec, std::move(sp));
   rewritten.append(text.substr(copied));
-  return boost::json::parse(rewritten, ec);
+  return boost::json::parse(rewritten, ec, std::move(sp));
 }
 
 std::optional<double> json_number(const boost::json::value& v) {

@@ -102,8 +102,9 @@ class hf_trainer final : public layout {
 
     const auto text = read_small_file(c, *state, max_state_bytes, r.problem);
     if (!text) return r;
+    json_arena arena;  // outlives root, which add_metrics reads
     boost::system::error_code ec;
-    const auto root = parse_python_json(*text, ec);
+    const auto root = parse_python_json(*text, ec, arena.storage());
     if (ec) {
       r.problem = std::string(state_file) + ": not valid JSON (" + ec.message() +
                   "); truncated or still being written";
