@@ -12,6 +12,8 @@
 #include <boost/json.hpp>
 #include <boost/test/unit_test.hpp>
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -427,20 +429,57 @@ BOOST_AUTO_TEST_CASE(sharded_index) {
 
 BOOST_AUTO_TEST_CASE(python_json_literals) {
   boost::system::error_code ec;
-  auto v =
-      w::parse_python_json(R"({"a": NaN, "b": [Infinity, -Infinity], "c": "NaN Infinity"})", ec);
+  auto v = w::parse_python_json(R"({"a": NaN, "b": [Infinity, -Infinity], "c": "NaN Infinity"})",
+                                ec, {});
   BOOST_TEST_REQUIRE(!ec);
   BOOST_TEST(v.at("a").is_null());
   BOOST_TEST(v.at("b").at(0).is_null());
   BOOST_TEST(v.at("b").at(1).is_null());
   BOOST_TEST(v.at("c").as_string() == "NaN Infinity");
-  v = w::parse_python_json(R"({"s": "a\"NaN", "x": 1})", ec);
+  v = w::parse_python_json(R"({"s": "a\"NaN", "x": 1})", ec, {});
   BOOST_TEST_REQUIRE(!ec);
   BOOST_TEST(v.at("s").as_string() == "a\"NaN");
-  w::parse_python_json(R"({"a": Nan})", ec);
+  // Each literal alone, so each is found by the scan that decides whether
+  // any is there at all.
+  for (const auto* text : {R"({"x": Infinity})", R"({"x": -Infinity})", R"({"x": NaN})"}) {
+    v = w::parse_python_json(text, ec, {});
+    BOOST_TEST_REQUIRE(!ec, text);
+    BOOST_TEST(v.at("x").is_null(), text);
+  }
+  w::parse_python_json(R"({"a": Nan})", ec, {});
   BOOST_TEST(ec.failed());
-  w::parse_python_json(R"({"a": 1)", ec);
+  w::parse_python_json(R"({"a": 1)", ec, {});
   BOOST_TEST(ec.failed());
+}
+
+BOOST_AUTO_TEST_CASE(python_json_into_an_arena) {
+  // Values parsed into an arena live in it, whether the document fits its
+  // buffer or spills to the heap.
+  w::json_arena arena;
+  boost::system::error_code ec;
+  const auto small = w::parse_python_json(R"({"loss": NaN, "step": 7})", ec, arena.storage());
+  BOOST_TEST_REQUIRE(!ec);
+  BOOST_TEST(small.storage().get() == arena.storage().get());
+  BOOST_TEST(small.at("loss").is_null());
+  BOOST_TEST(small.at("step").as_int64() == 7);
+
+  boost::json::array history;
+  for (int i = 0; i < 2'000; ++i) {
+    history.push_back(
+        boost::json::object{{"step", i},
+                            {"loss", 1.0 / (i + 1)},
+                            {"note", "a string long enough to allocate " + std::to_string(i)}});
+  }
+  const std::string text = boost::json::serialize(boost::json::object{{"log_history", history}});
+  BOOST_TEST_REQUIRE(text.size() > 100'000u);
+  w::json_arena big_arena;
+  const auto big = w::parse_python_json(text, ec, big_arena.storage());
+  BOOST_TEST_REQUIRE(!ec);
+  BOOST_TEST(big.storage().get() == big_arena.storage().get());
+  BOOST_TEST(big.at("log_history").as_array().size() == 2'000u);
+  BOOST_TEST(big.at("log_history").at(1'999).at("note").as_string() ==
+             "a string long enough to allocate 1999");
+  BOOST_TEST(big.at("log_history").at(1'999).at("step").as_int64() == 1'999);
 }
 
 BOOST_AUTO_TEST_CASE(fixture_python_float) {
@@ -1065,6 +1104,172 @@ BOOST_AUTO_TEST_CASE(disk_view_listing_and_reads) {
   BOOST_TEST(*v->read("a.txt", 0, 100) == "hi");
   fs::remove(root / "a.txt");
   BOOST_TEST(!v->read("a.txt", 0, 100).has_value());
+}
+
+namespace {
+
+// Everything a dir_reader yields for the folder at `dir`: name -> DT_* type.
+// Fails the test when the listing ends with an error.
+std::map<std::string, unsigned char> read_entries(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  BOOST_TEST_REQUIRE(fd >= 0);
+  std::map<std::string, unsigned char> out;
+  w::dir_reader reader(fd);
+  w::dir_entry_view e;
+  while (reader.next(e)) {
+    BOOST_TEST(e.name.data()[e.name.size()] == '\0');  // usable as a C string
+    BOOST_TEST(out.emplace(std::string(e.name), e.type).second, "twice: " << e.name);
+  }
+  BOOST_TEST(reader.error() == 0);
+  BOOST_TEST(!reader.next(e));  // stays at the end
+  ::close(fd);
+  return out;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(dir_reader_lists_every_entry_once) {
+  t::temp_dir tmp;
+  const auto empty = tmp / "empty";
+  fs::create_directory(empty);
+  BOOST_TEST(read_entries(empty).empty());  // no "." or ".."
+
+  // Enough long names to need several getdents64 calls into the 8 KiB buffer.
+  const auto big = tmp / "big";
+  std::set<std::string> expected;
+  for (int i = 0; i < 600; ++i) {
+    const auto name = "checkpoint-" + std::to_string(i) + std::string(40, 'x');
+    t::write_file(big / name, "");
+    expected.insert(name);
+  }
+  fs::create_directory(big / "sub");
+  fs::create_symlink("nowhere", big / "link");
+  BOOST_TEST_REQUIRE(::mkfifo((big / "fifo").c_str(), 0600) == 0);
+  expected.insert({"sub", "link", "fifo"});
+  const auto got = read_entries(big);
+  std::set<std::string> names;
+  for (const auto& [name, type] : got) names.insert(name);
+  BOOST_TEST(names == expected, tt::per_element());
+  // Types as the kernel reports them, where the filesystem reports any.
+  const auto type_of = [&](const std::string& name) { return got.at(name); };
+  if (type_of("sub") != DT_UNKNOWN) {
+    BOOST_TEST(type_of("sub") == DT_DIR);
+    BOOST_TEST(type_of("link") == DT_LNK);
+    BOOST_TEST(type_of("fifo") == DT_FIFO);
+    BOOST_TEST(type_of(*expected.begin()) == DT_REG);
+  }
+
+  // Not a folder: the listing ends at once with the kernel's error.
+  const int file_fd = ::open((big / "sub").c_str(), O_PATH | O_CLOEXEC);
+  BOOST_TEST_REQUIRE(file_fd >= 0);
+  w::dir_reader path_reader(file_fd);
+  w::dir_entry_view e;
+  BOOST_TEST(!path_reader.next(e));
+  BOOST_TEST(path_reader.error() == EBADF);  // O_PATH descriptors cannot be listed
+  ::close(file_fd);
+  const int reg_fd = ::open((big / *expected.begin()).c_str(), O_RDONLY | O_CLOEXEC);
+  BOOST_TEST_REQUIRE(reg_fd >= 0);
+  w::dir_reader reg_reader(reg_fd);
+  BOOST_TEST(!reg_reader.next(e));
+  BOOST_TEST(reg_reader.error() == ENOTDIR);
+  ::close(reg_fd);
+}
+
+BOOST_AUTO_TEST_CASE(dir_reader_on_many_threads) {
+  // Each reader has its own buffer: folders listed at the same time on
+  // different threads do not see each other's entries.
+  t::temp_dir tmp;
+  constexpr int folders = 4;
+  constexpr int files_per_folder = 300;
+  for (int f = 0; f < folders; ++f) {
+    const auto dir = tmp / ("d" + std::to_string(f));
+    for (int i = 0; i < files_per_folder; ++i) {
+      const auto name = "f" + std::to_string(f) + "-" + std::to_string(i) + std::string(30, 'y');
+      t::write_file(dir / name, "");
+    }
+  }
+  std::vector<std::map<std::string, unsigned char>> results(folders);
+  std::vector<int> rounds_ok(folders, 0);
+  {
+    std::vector<std::jthread> threads;
+    for (int f = 0; f < folders; ++f) {
+      threads.emplace_back([&, f] {
+        const auto dir = tmp / ("d" + std::to_string(f));
+        const std::string prefix = "f" + std::to_string(f) + "-";
+        for (int round = 0; round < 50; ++round) {
+          const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+          if (fd < 0) return;
+          w::dir_reader reader(fd);
+          w::dir_entry_view e;
+          int count = 0;
+          bool own = true;
+          while (reader.next(e)) {
+            ++count;
+            own = own && e.name.starts_with(prefix);
+          }
+          ::close(fd);
+          if (own && count == files_per_folder && reader.error() == 0) ++rounds_ok[f];
+        }
+      });
+    }
+  }
+  for (int f = 0; f < folders; ++f) BOOST_TEST(rounds_ok[f] == 50);
+}
+
+BOOST_AUTO_TEST_CASE(disk_view_reads_files_changed_since_listing) {
+  // Reads of listed files trust the listed size instead of an fstat; files
+  // that changed since must still read as they are now.
+  t::temp_dir tmp;
+  const auto root = tmp / "cand";
+  t::write_file(root / "grows.txt", "abc");
+  t::write_file(root / "shrinks.txt", std::string(100, 's'));
+  t::write_file(root / "becomes-fifo", "data");
+  t::write_file(root / "becomes-dir", "data");
+  t::write_file(root / "same.txt", "unchanged");
+  const auto v = view(root);
+  BOOST_TEST_REQUIRE(w::find_file(*v, "grows.txt")->size == 3u);
+
+  // Grown well past the listed size (several buffer doublings).
+  std::string grown;
+  for (int i = 0; grown.size() < 50'000; ++i) grown += std::to_string(i) + ",";
+  t::write_file(root / "grows.txt", grown);
+  constexpr std::uint64_t generous = (64ull << 20) + 1;
+  BOOST_TEST(*v->read("grows.txt", 0, generous) == grown);
+  BOOST_TEST(*v->read("grows.txt", 0, 5) == grown.substr(0, 5));
+  BOOST_TEST(*v->read("grows.txt", 2, 10) == grown.substr(2, 10));
+  BOOST_TEST(*v->read("grows.txt", 10, generous) == grown.substr(10));
+  BOOST_TEST(*v->read("grows.txt", 40'000, 4) == grown.substr(40'000, 4));  // beyond the listing
+  BOOST_TEST(v->read("grows.txt", 0, 0)->empty());
+
+  // Shrunk: what is there now, and nothing past its new end.
+  t::write_file(root / "shrinks.txt", "tiny");
+  BOOST_TEST(*v->read("shrinks.txt", 0, generous) == "tiny");
+  BOOST_TEST(*v->read("shrinks.txt", 2, 50) == "ny");
+  BOOST_TEST(v->read("shrinks.txt", 50, 10)->empty());
+
+  // Replaced by a FIFO (no writer: a blocking read would hang) or a folder:
+  // not a file to read.
+  fs::remove(root / "becomes-fifo");
+  BOOST_TEST_REQUIRE(::mkfifo((root / "becomes-fifo").c_str(), 0600) == 0);
+  BOOST_TEST(!v->read("becomes-fifo", 0, generous).has_value());
+  BOOST_TEST(!v->read("becomes-fifo", 0, 0).has_value());
+  fs::remove(root / "becomes-dir");
+  fs::create_directory(root / "becomes-dir");
+  BOOST_TEST(!v->read("becomes-dir", 0, generous).has_value());
+  BOOST_TEST(!v->read("becomes-dir", 0, 0).has_value());
+
+  // A generous limit is not allocated up front.
+  const auto same = v->read("same.txt", 0, generous);
+  BOOST_TEST_REQUIRE(same.has_value());
+  BOOST_TEST(*same == "unchanged");
+  BOOST_TEST(same->capacity() < 4096u);
+
+  // A file candidate replaced by a FIFO after listing.
+  t::write_file(tmp / "single.bin", "12345678");
+  const auto file = view(tmp / "single.bin");
+  fs::remove(tmp / "single.bin");
+  BOOST_TEST_REQUIRE(::mkfifo((tmp / "single.bin").c_str(), 0600) == 0);
+  BOOST_TEST(!file->read("", 0, 100).has_value());
 }
 
 BOOST_AUTO_TEST_CASE(fixture_bytes_are_valid) {

@@ -20,17 +20,19 @@
 //    is opened with O_NOFOLLOW, and "", "." and ".." components are refused,
 //    so a layout can look only where it says it looks.
 
+#include "dir_entries.hpp"
 #include "layout.hpp"
 
 #include <ckptd/log.hpp>
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <utility>
 
@@ -48,6 +50,8 @@ constexpr std::uint64_t max_read_bytes = 256ull << 20;
 // A run folder's logs/ or the folder above checkpoints/ holds a handful of
 // files; more than this and the rest are not looked at.
 constexpr std::size_t max_beside_entries = 10'000;
+// The least a read grows its buffer by when a file is longer than listed.
+constexpr std::uint64_t min_growth_bytes = 4096;
 
 class fd_guard {
  public:
@@ -100,8 +104,13 @@ int open_below_fd(int base_fd, std::string_view rel, bool want_file) {
   if (!rel.empty() && rel.front() == '/') return -1;
   if (rel.empty() && want_file) return -1;
   if (want_file && is_plain_name(rel)) {
-    // The common case (a file directly in the candidate): one openat.
-    return open_file_for_read(base_fd, std::string(rel).c_str());
+    // The common case (a file directly in the candidate): one openat, with
+    // the name copied to the stack ("trainer_state.json" is too long for a
+    // std::string's inline buffer).
+    if (rel.size() > NAME_MAX) return -1;
+    std::array<char, NAME_MAX + 1> name{};
+    std::memcpy(name.data(), rel.data(), rel.size());
+    return open_file_for_read(base_fd, name.data());
   }
   int dir = open_retrying(base_fd, ".", open_dir_flags);
   std::size_t start = 0;
@@ -136,22 +145,48 @@ int open_below(const std::filesystem::path& base, std::string_view rel, bool wan
   return open_below_fd(base_fd, rel, want_file);
 }
 
-// Up to `length` bytes from `offset` of the regular file open as `fd`.
-std::optional<std::string> read_range(int fd, std::uint64_t offset, std::uint64_t length) {
+// Up to `length` bytes from `offset` of the file open as `fd` (closed here).
+//
+// `size_hint` is the file's size as the listing saw it. With it there is no
+// fstat: one pread of hint + 1 bytes (from `offset`) normally returns exactly
+// the hinted rest, which shows the file unchanged and ends the read. A file
+// that grew or shrank since the listing is read on until EOF or `length`, the
+// buffer growing as bytes arrive, so a caller's generous limit (64 MiB + 1)
+// is never allocated up front. A FIFO or a folder that has taken the file's
+// place fails its pread (ESPIPE, EISDIR): nullopt, as fstat's S_ISREG check
+// gave before. (A device node would be read like a file, bounded by `length`;
+// making one takes CAP_MKNOD.) Without a hint, fstat supplies it and refuses
+// anything but a regular file.
+std::optional<std::string> read_range(int fd, std::uint64_t offset, std::uint64_t length,
+                                      std::optional<std::uint64_t> size_hint) {
   const fd_guard file(fd);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
-  const auto size = static_cast<std::uint64_t>(st.st_size);
-  if (offset >= size) return std::string();
-  std::string out(std::min({length, size - offset, max_read_bytes}), '\0');
+  const std::uint64_t want = std::min(length, max_read_bytes);
+  if (!size_hint || want == 0) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
+    if (want == 0) return std::string();
+    size_hint = static_cast<std::uint64_t>(st.st_size);
+  }
+  const std::uint64_t expected = *size_hint > offset ? *size_hint - offset : 0;
+  // The byte past the expected end tells a grown file from an unchanged one.
+  std::string out;
+  out.resize(static_cast<std::size_t>(std::min(want, expected + 1)));
   std::size_t got = 0;
-  while (got < out.size()) {
+  for (;;) {
+    if (got == out.size()) {
+      if (got == want) break;
+      // Grew since listing: double, within `want`.
+      const auto grown = std::max<std::uint64_t>(2 * got, min_growth_bytes);
+      out.resize(static_cast<std::size_t>(std::min(want, grown)));
+    }
     const ssize_t n =
         ::pread(fd, out.data() + got, out.size() - got, static_cast<off_t>(offset + got));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return std::nullopt;
-    if (n == 0) break;  // the file shrank since fstat
+    if (n == 0) break;  // EOF
     got += static_cast<std::size_t>(n);
+    // Exactly the listed size: the file is as listed, and this is its end.
+    if (got == expected && got < out.size()) break;
   }
   out.resize(got);
   return out;
@@ -176,7 +211,7 @@ class disk_view final : public candidate_view {
   const std::vector<file_info>& files() const override { return files_; }
 
   ~disk_view() override {
-    if (self_dir_ != nullptr) ::closedir(self_dir_);
+    if (self_fd_ >= 0) ::close(self_fd_);
   }
   disk_view(const disk_view&) = delete;
   disk_view& operator=(const disk_view&) = delete;
@@ -186,7 +221,7 @@ class disk_view final : public candidate_view {
     const int fd =
         is_dir_ ? (rel.empty() ? -1 : open_in_self(rel)) : (rel.empty() ? open_self() : -1);
     if (fd < 0) return std::nullopt;
-    return read_range(fd, offset, length);
+    return read_range(fd, offset, length, listed_size(rel));
   }
 
   std::optional<std::string> read_sibling(std::string_view name,
@@ -195,7 +230,7 @@ class disk_view final : public candidate_view {
     const int fd = open_below(parent_, name, /*want_file=*/true);
     if (fd < 0) return std::nullopt;
     // One byte more than allowed tells a file that is too large.
-    auto text = read_range(fd, 0, max_bytes + 1);
+    auto text = read_range(fd, 0, max_bytes + 1, std::nullopt);
     if (!text || text->size() > max_bytes) return std::nullopt;
     return text;
   }
@@ -215,7 +250,7 @@ class disk_view final : public candidate_view {
     if (!base || rel.empty()) return std::nullopt;
     const int fd = open_below(*base, rel, /*want_file=*/true);
     if (fd < 0) return std::nullopt;
-    return read_range(fd, offset, length);
+    return read_range(fd, offset, length, std::nullopt);
   }
 
   std::vector<file_info> list_beside(int up, std::string_view rel) const override {
@@ -224,43 +259,34 @@ class disk_view final : public candidate_view {
     if (!base) return out;
     const int fd = open_below(*base, rel, /*want_file=*/false);
     if (fd < 0) return out;
-    // O_PATH descriptors cannot be read: reopen the folder itself for readdir.
+    // O_PATH descriptors cannot be listed: reopen the folder itself.
     const int dir_fd = open_retrying(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     ::close(fd);
     if (dir_fd < 0) return out;
-    DIR* dir = ::fdopendir(dir_fd);
-    if (!dir) {
-      ::close(dir_fd);
-      return out;
-    }
-    while (const dirent* entry = ::readdir(dir)) {
-      const std::string_view entry_name = entry->d_name;
-      if (entry_name == "." || entry_name == "..") continue;
+    const fd_guard dir(dir_fd);
+    dir_reader reader(dir_fd);
+    dir_entry_view entry;
+    while (reader.next(entry)) {
       if (out.size() >= max_beside_entries) break;
       struct stat st {};
-      if (::fstatat(::dirfd(dir), entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+      if (::fstatat(dir_fd, entry.name.data(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
       const bool is_folder = S_ISDIR(st.st_mode);
       if (!is_folder && !S_ISREG(st.st_mode)) continue;
-      out.push_back(file_info{std::string(entry_name), is_folder,
+      out.push_back(file_info{std::string(entry.name), is_folder,
                               is_folder ? 0 : static_cast<std::uint64_t>(st.st_size),
                               mtime_ns_of(st)});
     }
-    ::closedir(dir);
     std::sort(out.begin(), out.end(),
               [](const file_info& a, const file_info& b) { return a.rel < b.rel; });
     return out;
   }
 
-  // Lists the folder open as `root_fd` (taking ownership), whose directory
-  // stream then stays open until the view is destroyed: reads open files
-  // relative to it, without walking the absolute path again.
+  // Lists the folder open as `root_fd` (taking ownership), which then stays
+  // open until the view is destroyed: reads open files relative to it,
+  // without walking the absolute path again.
   void list(int root_fd, int max_depth) {
-    self_dir_ = ::fdopendir(root_fd);
-    if (self_dir_ == nullptr) {
-      ::close(root_fd);
-      return;
-    }
-    list_stream(self_dir_, std::string(), 1, max_depth);
+    self_fd_ = root_fd;
+    list_folder(root_fd, std::string(), 1, max_depth);
     std::sort(files_.begin(), files_.end(),
               [](const file_info& a, const file_info& b) { return a.rel < b.rel; });
   }
@@ -271,49 +297,58 @@ class disk_view final : public candidate_view {
   }
 
  private:
-  // Takes ownership of `dir_fd`.
-  void list_dir(int dir_fd, const std::string& prefix, int depth, int max_depth) {
-    DIR* dir = ::fdopendir(dir_fd);
-    if (!dir) {
-      ::close(dir_fd);
-      return;
+  // Lists the folder open as `dir_fd` (kept open) and, below it, its
+  // subfolders.
+  void list_folder(int dir_fd, const std::string& prefix, int depth, int max_depth) {
+    // Where this folder's subfolders sit in files_, to descend into.
+    std::vector<std::size_t> subfolders;
+    {
+      // Scoped: the reader's buffer is gone before the descent, so a deep
+      // tree holds one buffer on the stack, not one per level.
+      dir_reader reader(dir_fd);
+      dir_entry_view entry;
+      while (reader.next(entry)) {
+        if (files_.size() >= max_entries) {
+          if (!truncated_) {
+            truncated_ = true;
+            log::warning("more than ", max_entries, " entries under ", path_.string(),
+                         "; looking at the first ", max_entries, " only");
+          }
+          break;
+        }
+        struct stat st {};
+        if (::fstatat(dir_fd, entry.name.data(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+        const bool is_folder = S_ISDIR(st.st_mode);
+        if (!is_folder && !S_ISREG(st.st_mode)) continue;  // symlinks, sockets, FIFOs
+        std::string rel;
+        rel.reserve(prefix.size() + entry.name.size());
+        rel.append(prefix).append(entry.name);
+        if (is_folder && depth < max_depth) subfolders.push_back(files_.size());
+        files_.push_back(file_info{std::move(rel), is_folder,
+                                   is_folder ? 0 : static_cast<std::uint64_t>(st.st_size),
+                                   mtime_ns_of(st)});
+      }
     }
-    list_stream(dir, prefix, depth, max_depth);
-    ::closedir(dir);
+    for (const auto index : subfolders) {
+      // Copied: files_ may grow (and move its strings) while listing below.
+      const std::string sub = files_[index].rel;
+      const char* sub_name = sub.c_str() + prefix.size();
+      const int fd =
+          open_retrying(dir_fd, sub_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0) continue;  // vanished: skip
+      const fd_guard guard(fd);
+      list_folder(fd, sub + "/", depth + 1, max_depth);
+    }
   }
 
-  // Lists an open directory stream and, below it, its subfolders.
-  void list_stream(DIR* dir, const std::string& prefix, int depth, int max_depth) {
-    std::vector<std::string> subfolders;
-    while (const dirent* entry = ::readdir(dir)) {
-      const std::string_view entry_name = entry->d_name;
-      if (entry_name == "." || entry_name == "..") continue;
-      if (files_.size() >= max_entries) {
-        if (!truncated_) {
-          truncated_ = true;
-          log::warning("more than ", max_entries, " entries under ", path_.string(),
-                       "; looking at the first ", max_entries, " only");
-        }
-        break;
-      }
-      struct stat st {};
-      if (::fstatat(::dirfd(dir), entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
-      const bool is_folder = S_ISDIR(st.st_mode);
-      if (!is_folder && !S_ISREG(st.st_mode)) continue;  // symlinks, sockets, FIFOs
-      std::string rel = prefix + std::string(entry_name);
-      files_.push_back(file_info{
-          rel, is_folder, is_folder ? 0 : static_cast<std::uint64_t>(st.st_size), mtime_ns_of(st)});
-      if (is_folder && depth < max_depth) subfolders.push_back(std::move(rel));
-    }
-    // Descend after the loop so that only one directory stream per level is
-    // open at a time.
-    for (const auto& sub : subfolders) {
-      const auto slash = sub.rfind('/');
-      const std::string sub_name = slash == std::string::npos ? sub : sub.substr(slash + 1);
-      const int fd = open_retrying(::dirfd(dir), sub_name.c_str(),
-                                   O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-      if (fd >= 0) list_dir(fd, sub + "/", depth + 1, max_depth);  // vanished: skip
-    }
+  // The size of the candidate's file at `rel` as listed, or nullopt when the
+  // listing does not have it as a file.
+  std::optional<std::uint64_t> listed_size(std::string_view rel) const {
+    const auto it =
+        std::lower_bound(files_.begin(), files_.end(), rel,
+                         [](const file_info& f, std::string_view r) { return f.rel < r; });
+    if (it == files_.end() || it->rel != rel || it->is_dir) return std::nullopt;
+    return it->size;
   }
 
   int open_self() const { return open_file_for_read(AT_FDCWD, path_.c_str()); }
@@ -321,8 +356,8 @@ class disk_view final : public candidate_view {
   // Opens the file at `rel` inside the candidate folder, relative to its
   // open stream (by path only when the folder could not be listed).
   int open_in_self(std::string_view rel) const {
-    if (self_dir_ == nullptr) return open_below(path_, rel, /*want_file=*/true);
-    return open_below_fd(::dirfd(self_dir_), rel, /*want_file=*/true);
+    if (self_fd_ < 0) return open_below(path_, rel, /*want_file=*/true);
+    return open_below_fd(self_fd_, rel, /*want_file=*/true);
   }
 
   // The candidate's parent (up 0) or the parent's parent (up 1), or nullptr.
@@ -339,7 +374,7 @@ class disk_view final : public candidate_view {
   bool is_dir_;
   std::vector<file_info> files_;
   bool truncated_ = false;
-  DIR* self_dir_ = nullptr;  // the candidate folder, while the view lives
+  int self_fd_ = -1;  // the candidate folder, while the view lives
 };
 
 }  // namespace

@@ -37,10 +37,21 @@ bool ends_with(std::string_view s, std::string_view suffix) {
 }
 
 // How a file is named in messages: its rel, or the candidate's name for a
-// file candidate.
-std::string label(const candidate_view& c, const file_info& f) {
-  return f.rel.empty() ? std::string(c.name()) : f.rel;
-}
+// file candidate. A view, so that the checks build no string unless they
+// report a problem (`what + ": ..."` makes the message).
+class label {
+ public:
+  label(const candidate_view& c, const file_info& f) : text_(f.rel.empty() ? c.name() : f.rel) {}
+  friend std::string operator+(const label& l, std::string_view rest) {
+    std::string out;
+    out.reserve(l.text_.size() + rest.size());
+    out.append(l.text_).append(rest);
+    return out;
+  }
+
+ private:
+  std::string_view text_;
+};
 
 bool is_torch_save_name(std::string_view rel) {
   return ends_with(rel, ".pt") || ends_with(rel, ".pth") || ends_with(rel, ".bin") ||
@@ -81,12 +92,13 @@ bool is_safe_relative(std::string_view rel) {
 // Checks an index and, when `shards` is given, returns the rels it covers.
 std::string index_problem_impl(const candidate_view& c, const file_info& index,
                                std::vector<std::string>* shards) {
-  const std::string what = label(c, index);
+  const label what(c, index);
   std::string problem;
   const auto text = read_small_file(c, index, max_index_bytes, problem);
   if (!text) return problem;
+  json_arena arena;
   boost::system::error_code ec;
-  const auto root = parse_python_json(*text, ec);
+  const auto root = parse_python_json(*text, ec, arena.storage());
   if (ec) return what + ": not valid JSON (" + ec.message() + "); truncated or still being written";
   const auto* obj = root.if_object();
   const auto* map = obj ? obj->if_contains("weight_map") : nullptr;
@@ -130,7 +142,7 @@ const file_info* find_file(const candidate_view& c, std::string_view rel) {
 }
 
 std::string safetensors_problem(const candidate_view& c, const file_info& f) {
-  const std::string what = label(c, f);
+  const label what(c, f);
   if (f.is_dir) return what + ": is a folder, not a safetensors file";
   if (f.size < 8) return what + ": shorter than the 8-byte header length; still being written?";
   // One read covers the length and, for all but huge headers, the header
@@ -153,8 +165,9 @@ std::string safetensors_problem(const candidate_view& c, const file_info& f) {
   const std::string_view header = long_header ? std::string_view(*long_header)
                                               : std::string_view(*head).substr(8, header_bytes);
 
+  json_arena arena;
   boost::system::error_code ec;
-  const auto root = boost::json::parse(header, ec);
+  const auto root = boost::json::parse(header, ec, arena.storage());
   const auto* tensors = ec ? nullptr : root.if_object();
   if (!tensors) return what + ": header is not a JSON object";
   std::uint64_t data_end = 0;
@@ -188,7 +201,7 @@ std::string safetensors_problem(const candidate_view& c, const file_info& f) {
 }
 
 std::string zip_problem(const candidate_view& c, const file_info& f) {
-  const std::string what = label(c, f);
+  const label what(c, f);
   if (f.is_dir) return what + ": is a folder, not a ZIP archive";
   if (f.size < zip_end_bytes)
     return what + ": too short for a ZIP end record; still being written?";
@@ -264,7 +277,7 @@ std::string weight_set_problem(const candidate_view& c,
 
 std::optional<std::string> read_small_file(const candidate_view& c, const file_info& f,
                                            std::uint64_t max_bytes, std::string& problem) {
-  const std::string what = label(c, f);
+  const label what(c, f);
   const auto too_large = [&](std::uint64_t size) {
     problem = what + ": " + std::to_string(size) + " bytes, more than the " +
               std::to_string(max_bytes) + " this file can plausibly have";
@@ -290,7 +303,14 @@ std::optional<std::string> read_small_file(const candidate_view& c, const file_i
   return text;
 }
 
-boost::json::value parse_python_json(std::string_view text, boost::system::error_code& ec) {
+boost::json::value parse_python_json(std::string_view text, boost::system::error_code& ec,
+                                     boost::json::storage_ptr sp) {
+  // Every literal to swap holds an 'N' or an 'I', which a trainer_state.json
+  // without a NaN loss has nowhere (its keys are lower case): two find()s
+  // (memchr) then spare the byte-by-byte walk below.
+  if (text.find('N') == std::string_view::npos && text.find('I') == std::string_view::npos) {
+    return boost::json::parse(text, ec, std::move(sp));
+  }
   // Outside strings, a letter can only start true, false or null in real JSON,
   // so NaN / Infinity there are Python's literals and can be swapped safely.
   std::string rewritten;
@@ -322,14 +342,17 @@ boost::json::value parse_python_json(std::string_view text, boost::system::error
       length = 9;
     }
     if (length == 0) continue;
+    // Room for the copy up front ("null" is one byte longer than "NaN"), so a
+    // log_history full of NaN losses does not regrow it at every one.
+    if (copied == 0) rewritten.reserve(text.size() + text.size() / 8 + 8);
     rewritten.append(text.substr(copied, i - copied));
     rewritten.append("null");
     i += length - 1;
     copied = i + 1;
   }
-  if (copied == 0) return boost::json::parse(text, ec);
+  if (copied == 0) return boost::json::parse(text, ec, std::move(sp));
   rewritten.append(text.substr(copied));
-  return boost::json::parse(rewritten, ec);
+  return boost::json::parse(rewritten, ec, std::move(sp));
 }
 
 std::optional<double> json_number(const boost::json::value& v) {
@@ -491,7 +514,7 @@ bool tar_checksum_holds(std::string_view block) {
 }  // namespace
 
 std::string tar_problem(const candidate_view& c, const file_info& f) {
-  const std::string what = label(c, f);
+  const label what(c, f);
   if (f.is_dir) return what + ": is a folder, not a tar archive";
   const auto block_at = [&](std::uint64_t offset) -> std::optional<std::string> {
     auto b = c.read(f.rel, offset, tar_block_bytes);

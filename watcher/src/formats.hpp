@@ -8,9 +8,13 @@
 
 #include "layout.hpp"
 
+#include <boost/json/monotonic_resource.hpp>
+#include <boost/json/storage_ptr.hpp>
 #include <boost/json/value.hpp>
 #include <boost/system/error_code.hpp>
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -67,11 +71,36 @@ std::string weight_set_problem(const candidate_view& c,
 std::optional<std::string> read_small_file(const candidate_view& c, const file_info& f,
                                            std::uint64_t max_bytes, std::string& problem);
 
+// Memory for the values of one parsed JSON document, so that parsing does not
+// call malloc for every key, string, array and object: a buffer inside the
+// arena (which callers keep on their stack), then the heap for larger
+// documents, all released at once when the arena goes. Thread-compatible:
+// one arena per parse, never shared. Every value parsed into storage() must
+// be gone before the arena is: declare the arena before the value, in the
+// frame that uses the value.
+class json_arena {
+ public:
+  json_arena() noexcept : resource_(buffer_.data(), buffer_.size()) {}
+  json_arena(const json_arena&) = delete;
+  json_arena& operator=(const json_arena&) = delete;
+  [[nodiscard]] boost::json::storage_ptr storage() noexcept { return &resource_; }
+
+ private:
+  // A trainer_state.json of a short run, a safetensors header of a few
+  // hundred tensors, a manifest: all fit.
+  static constexpr std::size_t buffer_bytes = 16 * 1024;
+  alignas(std::max_align_t) std::array<unsigned char, buffer_bytes> buffer_;
+  boost::json::monotonic_resource resource_;
+};
+
 // Parses JSON as Python's json module writes it: the non-standard literals
 // NaN, Infinity and -Infinity (json.dump's default allow_nan=True) are read
 // as null, so a diverged loss does not make the whole file unreadable.
-// Never throws on bad input: `ec` is set instead.
-boost::json::value parse_python_json(std::string_view text, boost::system::error_code& ec);
+// The value's memory comes from `sp` (a json_arena's storage(), or {} for
+// the heap when the value must outlive the caller's frame). Never throws on
+// bad input: `ec` is set instead.
+boost::json::value parse_python_json(std::string_view text, boost::system::error_code& ec,
+                                     boost::json::storage_ptr sp);
 
 // A JSON number as a double (integers included); nullopt for anything else.
 std::optional<double> json_number(const boost::json::value& v);

@@ -1,5 +1,7 @@
 #include "job_status.hpp"
 
+#include "formats.hpp"
+
 #include <boost/json/parse.hpp>
 #include <boost/json/value.hpp>
 
@@ -19,8 +21,9 @@ bool is_terminal(std::string_view status) {
 }  // namespace
 
 std::optional<std::string> parse_job_manifest(std::string_view text) {
+  json_arena arena;
   boost::system::error_code ec;
-  auto value = boost::json::parse(text, ec);
+  auto value = boost::json::parse(text, ec, arena.storage());
   if (ec || !value.is_object()) return std::nullopt;
   const auto* status = value.as_object().if_contains("status");
   if (status == nullptr || !status->is_string()) return std::nullopt;

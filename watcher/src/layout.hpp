@@ -5,6 +5,10 @@
 
 #include <ckptd/store.hpp>
 
+// For the engine's own folder listing (watcher.cpp's list_dir), beside
+// view_from_disk's.
+#include "dir_entries.hpp"
+
 #include <cstdint>
 #include <filesystem>
 #include <memory>

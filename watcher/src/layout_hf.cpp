@@ -102,8 +102,9 @@ class hf_trainer final : public layout {
 
     const auto text = read_small_file(c, *state, max_state_bytes, r.problem);
     if (!text) return r;
+    json_arena arena;  // outlives root, which add_metrics reads
     boost::system::error_code ec;
-    const auto root = parse_python_json(*text, ec);
+    const auto root = parse_python_json(*text, ec, arena.storage());
     if (ec) {
       r.problem = std::string(state_file) + ": not valid JSON (" + ec.message() +
                   "); truncated or still being written";
@@ -184,19 +185,20 @@ class hf_trainer final : public layout {
       if (const auto* loss = entry->if_contains("loss")) train_loss = loss_of(*loss);
       if (const auto* loss = entry->if_contains("eval_loss")) validation_loss = loss_of(*loss);
     }
-    const std::string at = " at or before step " + std::to_string(step);
+    // Built only for a problem: most checkpoints have their metrics.
+    const auto at = [step] { return " at or before step " + std::to_string(step); };
     if (!train_loss) {
-      r.problem = "no training loss logged" + at + ", so no metrics";
+      r.problem = "no training loss logged" + at() + ", so no metrics";
       return;
     }
     if (!validation_loss) {
-      r.problem = "no eval_loss logged" + at + " (evaluation off?), so no metrics";
+      r.problem = "no eval_loss logged" + at() + " (evaluation off?), so no metrics";
       return;
     }
     const double perplexity = std::exp(*validation_loss);
     if (!std::isfinite(*train_loss) || !std::isfinite(*validation_loss) ||
         !std::isfinite(perplexity)) {
-      r.problem = "losses" + at + " or the perplexity are not finite, so no metrics";
+      r.problem = "losses" + at() + " or the perplexity are not finite, so no metrics";
       return;
     }
     r.metrics = store::training_metrics{r.epoch, *train_loss, *validation_loss, perplexity};

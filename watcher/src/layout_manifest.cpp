@@ -88,8 +88,9 @@ class manifest final : public layout {
 
     const auto text = read_small_file(c, *file, max_manifest_bytes, r.problem);
     if (!text) return r;
+    json_arena arena;
     boost::system::error_code ec;
-    const auto root = parse_python_json(*text, ec);
+    const auto root = parse_python_json(*text, ec, arena.storage());
     if (ec) {
       r.problem =
           what + ": not valid JSON (" + ec.message() + "); truncated or still being written";

@@ -118,8 +118,9 @@ class megatron final : public layout {
     if (const auto* meta = find_file(c, dist_metadata_file); meta && !meta->is_dir) {
       const auto body = read_small_file(c, *meta, max_metadata_bytes, r.problem);
       if (!body) return r;
+      json_arena arena;
       boost::system::error_code ec;
-      const auto root = parse_python_json(*body, ec);
+      const auto root = parse_python_json(*body, ec, arena.storage());
       if (ec || !root.is_object()) {
         r.problem = std::string(dist_metadata_file) + ": not a JSON object; damaged?";
         return r;

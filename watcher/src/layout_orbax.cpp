@@ -93,12 +93,14 @@ bool has_legacy_item(const candidate_view& c) {
   });
 }
 
+// The object's memory comes from `sp`: the caller's arena must outlive it.
 std::optional<boost::json::object> read_json_object(const candidate_view& c, const file_info& f,
-                                                    std::uint64_t max_bytes, std::string& problem) {
+                                                    std::uint64_t max_bytes, std::string& problem,
+                                                    boost::json::storage_ptr sp) {
   const auto text = read_small_file(c, f, max_bytes, problem);
   if (!text) return std::nullopt;
   boost::system::error_code ec;
-  auto root = parse_python_json(*text, ec);
+  auto root = parse_python_json(*text, ec, std::move(sp));
   if (ec || !root.is_object()) {
     problem = f.rel + ": not a JSON object; truncated or still being written";
     return std::nullopt;
@@ -133,10 +135,12 @@ class orbax final : public layout {
     const auto* metadata_file = find_file(c, orbax_metadata_file);
     if (metadata_file && metadata_file->is_dir) metadata_file = nullptr;
 
+    json_arena arena;  // outlives metadata
     std::optional<boost::json::object> metadata;
     std::string metadata_problem;
     if (metadata_file) {
-      metadata = read_json_object(c, *metadata_file, max_metadata_bytes, metadata_problem);
+      metadata = read_json_object(c, *metadata_file, max_metadata_bytes, metadata_problem,
+                                  arena.storage());
     }
     std::int64_t commit_ns = 0;
     if (metadata) {
@@ -199,7 +203,10 @@ class orbax final : public layout {
     };
     if (const auto* f = find_file(c, metrics_file); f && !f->is_dir) {
       std::string ignored;
-      if (auto obj = read_json_object(c, *f, max_metrics_bytes, ignored)) take(*obj);
+      json_arena arena;
+      if (auto obj = read_json_object(c, *f, max_metrics_bytes, ignored, arena.storage())) {
+        take(*obj);
+      }
     }
     if (meta) {
       if (const auto* m = meta->if_contains("metrics"); m && m->is_object()) take(m->as_object());

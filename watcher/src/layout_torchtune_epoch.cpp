@@ -122,8 +122,9 @@ std::optional<log_entry> parse_log_line(std::string_view line) {
   line = trim_ascii(line);
   log_entry e;
   if (line.starts_with("{")) {
+    json_arena arena;
     boost::system::error_code ec;
-    const auto root = parse_python_json(line, ec);
+    const auto root = parse_python_json(line, ec, arena.storage());
     const auto* obj = ec ? nullptr : root.if_object();
     const auto* step = obj ? obj->if_contains("step") : nullptr;
     const auto step_value = step ? json_integer(*step) : std::nullopt;
@@ -233,8 +234,9 @@ class torchtune_epoch final : public layout {
       if (!config || config->is_dir) return r;
       const auto text = read_small_file(c, *config, max_adapter_config_bytes, r.problem);
       if (!text) return r;
+      json_arena arena;
       boost::system::error_code ec;
-      const auto root = parse_python_json(*text, ec);
+      const auto root = parse_python_json(*text, ec, arena.storage());
       if (ec || !root.is_object()) {
         r.problem = std::string(adapter_config_file) + ": not a JSON object yet";
         return r;

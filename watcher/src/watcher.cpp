@@ -220,28 +220,25 @@ struct dir_entry {
 std::vector<dir_entry> list_dir(const std::string& path, int& error) {
   std::vector<dir_entry> out;
   error = 0;
-  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) {
     error = errno;
     return out;
   }
-  DIR* dir = ::fdopendir(fd);
-  if (dir == nullptr) {
-    error = errno;
-    ::close(fd);
-    return out;
-  }
-  while (dirent* e = ::readdir(dir)) {
-    std::string_view name = e->d_name;
-    if (name == "." || name == "..") continue;
-    bool is_dir = e->d_type == DT_DIR;
-    if (e->d_type == DT_UNKNOWN) {  // some filesystems (XFS without ftype, FUSE) say nothing
+  // getdents64 into a stack buffer: no fdopendir (an fcntl and a 32 KiB
+  // malloc per folder). As with readdir before, an error mid-listing ends the
+  // list with what was read.
+  dir_reader reader(fd);
+  dir_entry_view e;
+  while (reader.next(e)) {
+    bool is_dir = e.type == DT_DIR;
+    if (e.type == DT_UNKNOWN) {  // some filesystems (XFS without ftype, FUSE) say nothing
       struct stat st {};
-      is_dir = ::fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+      is_dir = ::fstatat(fd, e.name.data(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
     }
-    out.push_back({std::string(name), is_dir});
+    out.push_back({std::string(e.name), is_dir});
   }
-  ::closedir(dir);
+  ::close(fd);
   return out;
 }
 
