@@ -50,6 +50,8 @@ constexpr std::uint64_t max_read_bytes = 256ull << 20;
 // A run folder's logs/ or the folder above checkpoints/ holds a handful of
 // files; more than this and the rest are not looked at.
 constexpr std::size_t max_beside_entries = 10'000;
+// Room made for a candidate's listing before the first entry.
+constexpr std::size_t initial_entries = 16;
 // The least a read grows its buffer by when a file is longer than listed.
 constexpr std::uint64_t min_growth_bytes = 4096;
 
@@ -195,16 +197,7 @@ std::optional<std::string> read_range(int fd, std::uint64_t offset, std::uint64_
 class disk_view final : public candidate_view {
  public:
   disk_view(std::filesystem::path path, std::string name, bool is_dir)
-      : path_(std::move(path)), name_(std::move(name)), is_dir_(is_dir) {
-    // "a/b/" names b, like "a/b": its parent is a.
-    std::filesystem::path self = path_;
-    if (!self.has_filename()) self = self.parent_path();
-    parent_ = self.parent_path();
-    if (parent_.empty()) parent_ = ".";
-    // The engine passes absolute paths; "." and ".." cover relative ones.
-    grandparent_ = parent_ == "." ? std::filesystem::path("..") : parent_.parent_path();
-    if (grandparent_.empty()) grandparent_ = ".";
-  }
+      : path_(std::move(path)), name_(std::move(name)), is_dir_(is_dir) {}
 
   std::string_view name() const override { return name_; }
   bool is_dir() const override { return is_dir_; }
@@ -227,7 +220,7 @@ class disk_view final : public candidate_view {
   std::optional<std::string> read_sibling(std::string_view name,
                                           std::uint64_t max_bytes) const override {
     if (!is_plain_name(name)) return std::nullopt;
-    const int fd = open_below(parent_, name, /*want_file=*/true);
+    const int fd = open_below(*base_of(0), name, /*want_file=*/true);
     if (fd < 0) return std::nullopt;
     // One byte more than allowed tells a file that is too large.
     auto text = read_range(fd, 0, max_bytes + 1, std::nullopt);
@@ -237,7 +230,7 @@ class disk_view final : public candidate_view {
 
   bool sibling_exists(std::string_view name) const override {
     if (!is_plain_name(name)) return false;
-    const int dir = open_below(parent_, "", /*want_file=*/false);
+    const int dir = open_below(*base_of(0), "", /*want_file=*/false);
     if (dir < 0) return false;
     const fd_guard guard(dir);
     struct stat st {};
@@ -246,7 +239,7 @@ class disk_view final : public candidate_view {
 
   std::optional<std::string> read_beside(int up, std::string_view rel, std::uint64_t offset,
                                          std::uint64_t length) const override {
-    const auto* base = base_of(up);
+    const auto base = base_of(up);
     if (!base || rel.empty()) return std::nullopt;
     const int fd = open_below(*base, rel, /*want_file=*/true);
     if (fd < 0) return std::nullopt;
@@ -255,7 +248,7 @@ class disk_view final : public candidate_view {
 
   std::vector<file_info> list_beside(int up, std::string_view rel) const override {
     std::vector<file_info> out;
-    const auto* base = base_of(up);
+    const auto base = base_of(up);
     if (!base) return out;
     const int fd = open_below(*base, rel, /*want_file=*/false);
     if (fd < 0) return out;
@@ -286,6 +279,9 @@ class disk_view final : public candidate_view {
   // without walking the absolute path again.
   void list(int root_fd, int max_depth) {
     self_fd_ = root_fd;
+    // A checkpoint folder holds a handful of entries: one allocation, not
+    // one per doubling from 1.
+    files_.reserve(initial_entries);
     list_folder(root_fd, std::string(), 1, max_depth);
     std::sort(files_.begin(), files_.end(),
               [](const file_info& a, const file_info& b) { return a.rel < b.rel; });
@@ -360,16 +356,27 @@ class disk_view final : public candidate_view {
     return open_below_fd(self_fd_, rel, /*want_file=*/true);
   }
 
-  // The candidate's parent (up 0) or the parent's parent (up 1), or nullptr.
-  const std::filesystem::path* base_of(int up) const {
-    if (up == 0) return &parent_;
-    if (up == 1) return &grandparent_;
-    return nullptr;
+  // The candidate's parent (up 0) or the parent's parent (up 1), or nullopt.
+  // Worked out per call, not in the constructor: most layouts never look
+  // beside the candidate, and this path parsing was most of the instructions
+  // view_from_disk spent outside system calls. No cache, so a view has no
+  // state that its const reads change.
+  std::optional<std::filesystem::path> base_of(int up) const {
+    if (up != 0 && up != 1) return std::nullopt;
+    // "a/b/" names b, like "a/b": its parent is a.
+    std::filesystem::path self = path_;
+    if (!self.has_filename()) self = self.parent_path();
+    std::filesystem::path parent = self.parent_path();
+    if (parent.empty()) parent = ".";
+    if (up == 0) return parent;
+    // The engine passes absolute paths; "." and ".." cover relative ones.
+    std::filesystem::path grandparent =
+        parent == "." ? std::filesystem::path("..") : parent.parent_path();
+    if (grandparent.empty()) grandparent = ".";
+    return grandparent;
   }
 
   std::filesystem::path path_;
-  std::filesystem::path parent_;
-  std::filesystem::path grandparent_;
   std::string name_;
   bool is_dir_;
   std::vector<file_info> files_;
