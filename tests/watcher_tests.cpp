@@ -6,6 +6,7 @@
 #include "formats.hpp"
 #include "layout.hpp"
 #include "layouts.hpp"
+#include "trainer_state.hpp"
 #include "worker_pool.hpp"
 #include "support/fixtures.hpp"
 
@@ -2486,6 +2487,126 @@ BOOST_AUTO_TEST_CASE(worker_pool_passes_exceptions_and_drops_unstarted_jobs) {
       BOOST_TEST(f.get() == 2);  // started before the pool went
     } catch (const std::future_error& e) {
       BOOST_TEST((e.code() == std::future_errc::broken_promise));
+    }
+  }
+}
+
+
+// ---- trainer_state.json read without a document tree ----------------------
+
+// What the Hugging Face layout read from a trainer_state.json when it parsed
+// it into boost::json values: read_trainer_state must agree on every input.
+w::trainer_state read_through_values(std::string_view text, boost::system::error_code& ec) {
+  w::trainer_state out;
+  const auto root = w::parse_python_json(text, ec, {});
+  if (ec) return out;
+  const auto* obj = root.if_object();
+  if (!obj) return out;
+  out.is_object = true;
+  if (const auto* g = obj->if_contains("global_step")) out.global_step = w::json_integer(*g);
+  if (const auto* e = obj->if_contains("epoch")) {
+    out.has_epoch = true;
+    out.epoch_is_null = e->is_null();
+    out.epoch = w::json_number(*e);
+  }
+  if (const auto* h = obj->if_contains("log_history"); h && h->is_array()) {
+    out.has_log_history = true;
+    for (const auto& v : h->get_array()) {
+      const auto* entry = v.if_object();
+      if (!entry) continue;
+      w::trainer_state::log_entry e;
+      if (const auto* st = entry->if_contains("step")) e.step = w::json_integer(*st);
+      const auto loss_of = [](const boost::json::value& x) {
+        return w::json_number(x).value_or(std::nan(""));
+      };
+      if (const auto* l = entry->if_contains("loss")) e.loss = loss_of(*l);
+      if (const auto* l = entry->if_contains("eval_loss")) e.eval_loss = loss_of(*l);
+      out.log_history.push_back(e);
+    }
+  }
+  return out;
+}
+
+bool same_number(std::optional<double> a, std::optional<double> b) {
+  if (a.has_value() != b.has_value()) return false;
+  if (!a) return true;
+  return (std::isnan(*a) && std::isnan(*b)) || *a == *b;
+}
+
+void check_same_reading(const std::string& text) {
+  boost::system::error_code dom_ec;
+  boost::system::error_code sax_ec;
+  const auto dom = read_through_values(text, dom_ec);
+  const auto sax = w::read_trainer_state(text, sax_ec);
+  BOOST_TEST_CONTEXT("input: " << text.substr(0, 200)) {
+    BOOST_TEST(bool(dom_ec) == bool(sax_ec));
+    if (dom_ec || sax_ec) return;
+    BOOST_TEST(dom.is_object == sax.is_object);
+    BOOST_TEST((dom.global_step == sax.global_step));
+    BOOST_TEST(dom.has_epoch == sax.has_epoch);
+    BOOST_TEST(dom.epoch_is_null == sax.epoch_is_null);
+    BOOST_TEST(same_number(dom.epoch, sax.epoch));
+    BOOST_TEST(dom.has_log_history == sax.has_log_history);
+    BOOST_REQUIRE(dom.log_history.size() == sax.log_history.size());
+    for (std::size_t i = 0; i < dom.log_history.size(); ++i) {
+      BOOST_TEST((dom.log_history[i].step == sax.log_history[i].step));
+      BOOST_TEST(same_number(dom.log_history[i].loss, sax.log_history[i].loss));
+      BOOST_TEST(same_number(dom.log_history[i].eval_loss, sax.log_history[i].eval_loss));
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(trainer_state_reads_as_its_document_tree_would) {
+  const std::vector<std::string> cases{
+      R"({"global_step": 20, "epoch": 0.4, "log_history": [{"loss": 1.5, "step": 10}, {"eval_loss": 2.5, "step": 20}]})",
+      R"({"global_step": 20, "global_step": "20"})",  // the last duplicate wins
+      R"({"global_step": "20", "global_step": 20, "epoch": null, "epoch": 3})",
+      R"({"epoch": 1, "epoch": null})",
+      R"({"epoch": "1"})",
+      R"({"epoch": true, "global_step": 1.0})",
+      R"({"global_step": 18446744073709551615})",  // uint64, not int64
+      R"({"global_step": 9223372036854775807})",
+      R"({"global_step": -3, "epoch": -1e308})",
+      R"({"global_step": {"global_step": 5}})",
+      R"({"nested": {"global_step": 5, "log_history": [{"step": 1, "loss": 1}]}})",
+      R"({"log_history": {"step": 1}})",
+      R"({"log_history": [1, "x", null, [{"step": 1}], {"step": 2, "loss": NaN}]})",
+      R"({"log_history": [{"step": 1, "loss": 1}], "log_history": [{"step": 2, "eval_loss": 2}]})",
+      R"({"log_history": [{"step": 1, "loss": 1}], "log_history": 7})",
+      R"({"log_history": [{"step": 1, "step": 1.5, "loss": 1, "loss": "x"}]})",
+      R"({"log_history": [{"step": 5, "loss": {"value": 1}, "eval_loss": [1], "x": {"loss": 2}}]})",
+      R"({"log_history": [{"step": 5, "loss": Infinity, "eval_loss": -Infinity}]})",
+      R"({"a": "NaN inside a string", "global_step": 1, "log_history": []})",
+      R"({"key with \"quotes\" and \u0041": 1, "global_step": 2})",
+      R"([{"global_step": 1}])",
+      R"("global_step")",
+      "42",
+      "null",
+      "{}",
+      "",
+      "{",
+      R"({"global_step": 1} trailing)",
+      R"({"global_step": 1}   )",
+      R"({"global_step": 1}{"global_step": 2})",
+      R"({"global_step": 01})",
+      R"({"global_step": NaN})",
+      R"({"global_step": 1, /* a comment */ "epoch": 1})",
+      std::string(40, '[') + std::string(40, ']'),  // deeper than the parser allows
+  };
+  for (const auto& text : cases) check_same_reading(text);
+
+  // A real file, and every truncation and single-byte damage of it.
+  const t::temp_dir dir;
+  t::hf_run run(dir.path() / "job", {.steps_per_epoch = 20, .nan_loss_from_step = 60});
+  for (std::int64_t step = 10; step <= 80; step += 10) run.save(step);
+  const std::string real = run.trainer_state_json(80);
+  check_same_reading(real);
+  for (std::size_t n = 0; n < real.size(); n += 7) check_same_reading(real.substr(0, n));
+  for (std::size_t at = 0; at < real.size(); at += 5) {
+    for (const char ch : {'"', '{', '}', '[', ',', 'N', 'x', '9'}) {
+      std::string damaged = real;
+      damaged[at] = ch;
+      check_same_reading(damaged);
     }
   }
 }

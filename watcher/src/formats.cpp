@@ -305,15 +305,20 @@ std::optional<std::string> read_small_file(const candidate_view& c, const file_i
 
 boost::json::value parse_python_json(std::string_view text, boost::system::error_code& ec,
                                      boost::json::storage_ptr sp) {
+  std::string rewritten;
+  return boost::json::parse(standard_json(text, rewritten), ec, std::move(sp));
+}
+
+std::string_view standard_json(std::string_view text, std::string& rewritten) {
   // Every literal to swap holds an 'N' or an 'I', which a trainer_state.json
   // without a NaN loss has nowhere (its keys are lower case): two find()s
   // (memchr) then spare the byte-by-byte walk below.
   if (text.find('N') == std::string_view::npos && text.find('I') == std::string_view::npos) {
-    return boost::json::parse(text, ec, std::move(sp));
+    return text;
   }
   // Outside strings, a letter can only start true, false or null in real JSON,
   // so NaN / Infinity there are Python's literals and can be swapped safely.
-  std::string rewritten;
+  rewritten.clear();
   std::size_t copied = 0;
   bool in_string = false;
   for (std::size_t i = 0; i < text.size(); ++i) {
@@ -350,9 +355,9 @@ boost::json::value parse_python_json(std::string_view text, boost::system::error
     i += length - 1;
     copied = i + 1;
   }
-  if (copied == 0) return boost::json::parse(text, ec, std::move(sp));
+  if (copied == 0) return text;
   rewritten.append(text.substr(copied));
-  return boost::json::parse(rewritten, ec, std::move(sp));
+  return rewritten;
 }
 
 std::optional<double> json_number(const boost::json::value& v) {

@@ -101,6 +101,9 @@ class json_arena {
 // bad input: `ec` is set instead.
 boost::json::value parse_python_json(std::string_view text, boost::system::error_code& ec,
                                      boost::json::storage_ptr sp);
+// `text` with Python's NaN, Infinity and -Infinity (outside strings) turned
+// into null: `text` itself when it has none, else a copy kept in `rewritten`.
+std::string_view standard_json(std::string_view text, std::string& rewritten);
 
 // A JSON number as a double (integers included); nullopt for anything else.
 std::optional<double> json_number(const boost::json::value& v);

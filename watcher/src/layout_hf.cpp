@@ -13,8 +13,7 @@
 
 #include "formats.hpp"
 #include "layouts.hpp"
-
-#include <boost/json/value.hpp>
+#include "trainer_state.hpp"
 
 #include <cmath>
 
@@ -102,39 +101,35 @@ class hf_trainer final : public layout {
 
     const auto text = read_small_file(c, *state, max_state_bytes, r.problem);
     if (!text) return r;
-    json_arena arena;  // outlives root, which add_metrics reads
     boost::system::error_code ec;
-    const auto root = parse_python_json(*text, ec, arena.storage());
+    const trainer_state parsed = read_trainer_state(*text, ec);
     if (ec) {
       r.problem = std::string(state_file) + ": not valid JSON (" + ec.message() +
                   "); truncated or still being written";
       return r;
     }
-    const auto* obj = root.if_object();
-    if (!obj) {
+    if (!parsed.is_object) {
       r.problem = std::string(state_file) + ": not a JSON object";
       return r;
     }
-    const auto* global_step_value = obj->if_contains("global_step");
-    const auto global_step = global_step_value ? json_integer(*global_step_value) : std::nullopt;
-    if (!global_step) {
+    if (!parsed.global_step) {
       r.problem = std::string(state_file) + ": no integer global_step";
       return r;
     }
-    if (*global_step != *step) {
-      r.problem = std::string(state_file) + ": global_step " + std::to_string(*global_step) +
-                  " does not match the folder's step " + std::to_string(*step);
+    if (*parsed.global_step != *step) {
+      r.problem = std::string(state_file) + ": global_step " +
+                  std::to_string(*parsed.global_step) + " does not match the folder's step " +
+                  std::to_string(*step);
       return r;
     }
     // epoch is null before the first step; absent in no release we know of.
     double epoch = 0;
-    if (const auto* e = obj->if_contains("epoch"); e && !e->is_null()) {
-      const auto number = json_number(*e);
-      if (!number) {
+    if (parsed.has_epoch && !parsed.epoch_is_null) {
+      if (!parsed.epoch) {
         r.problem = std::string(state_file) + ": epoch is not a number";
         return r;
       }
-      epoch = *number;
+      epoch = *parsed.epoch;
     }
 
     // The weights were written before trainer_state.json; if they fail the
@@ -154,7 +149,7 @@ class hf_trainer final : public layout {
     r.epoch = whole_epochs(epoch);
     r.completed_at_ns = state->mtime_ns;
     r.fingerprint = "hf:" + std::to_string(state->size) + ":" + std::to_string(state->mtime_ns);
-    add_metrics(*obj, *step, r);
+    add_metrics(parsed, *step, r);
     return r;
   }
 
@@ -163,27 +158,19 @@ class hf_trainer final : public layout {
   // validation_loss: the last "eval_loss" at or before it (evaluation runs
   // before the save in the same step, so normally exactly at it); perplexity:
   // exp(validation_loss), as run_clm derives it. Only when all are finite.
-  static void add_metrics(const boost::json::object& state_obj, std::int64_t step, recognition& r) {
-    const auto* history_value = state_obj.if_contains("log_history");
-    const auto* history = history_value ? history_value->if_array() : nullptr;
-    if (!history) {
+  static void add_metrics(const trainer_state& parsed, std::int64_t step, recognition& r) {
+    if (!parsed.has_log_history) {
       r.problem = std::string(state_file) + ": no log_history, so no metrics";
       return;
     }
     // A loss that is present but not a number (Python's NaN, read as null)
     // still replaces earlier ones: it is the value at that step.
-    const auto loss_of = [](const boost::json::value& v) {
-      return json_number(v).value_or(std::nan(""));
-    };
     std::optional<double> train_loss;
     std::optional<double> validation_loss;
-    for (const auto& entry_value : *history) {
-      const auto* entry = entry_value.if_object();
-      const auto* entry_step_value = entry ? entry->if_contains("step") : nullptr;
-      const auto entry_step = entry_step_value ? json_integer(*entry_step_value) : std::nullopt;
-      if (!entry_step || *entry_step > step) continue;
-      if (const auto* loss = entry->if_contains("loss")) train_loss = loss_of(*loss);
-      if (const auto* loss = entry->if_contains("eval_loss")) validation_loss = loss_of(*loss);
+    for (const auto& entry : parsed.log_history) {
+      if (!entry.step || *entry.step > step) continue;
+      if (entry.loss) train_loss = entry.loss;
+      if (entry.eval_loss) validation_loss = entry.eval_loss;
     }
     // Built only for a problem: most checkpoints have their metrics.
     const auto at = [step] { return " at or before step " + std::to_string(step); };
