@@ -41,7 +41,7 @@ bool dir_reader::next(dir_entry_view& out) noexcept {
     const char* record = buffer_.data() + at_;
     std::uint16_t reclen = 0;
     std::memcpy(&reclen, record + reclen_at, sizeof reclen);
-    if (reclen == 0 || at_ + reclen > end_) {  // never from a sane kernel
+    if (reclen <= name_at || at_ + reclen > end_) {  // never from a sane kernel
       error_ = EIO;
       done_ = true;
       at_ = end_ = 0;
