@@ -38,6 +38,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -61,9 +62,10 @@ using clock = std::chrono::steady_clock;
 constexpr int tasks_per_turn = 64;
 // Candidates queued for judging that worker threads list and read ahead of
 // the engine (see look_ahead): enough to keep the workers busy while the
-// engine writes a turn's changes, few enough that the folders held open
-// stay a handful.
-constexpr std::size_t looks_ahead = 64;
+// engine writes a turn's changes (a look holds no open folder, only what it
+// found), handed over a few at a time so that waking a worker is rare.
+constexpr std::size_t looks_ahead = 256;
+constexpr std::size_t looks_per_handover = 8;
 // Worker threads for that, at most: listing and reading are system calls,
 // which scale with cores until the filesystem's locks say otherwise.
 constexpr unsigned max_judging_threads = 4;
@@ -472,6 +474,17 @@ class watcher::impl {
     std::vector<std::string> folders;    // inside it, relative: for watch_new_interior
   };
 
+  // A look to take ahead of the engine, by whoever comes first: a worker,
+  // or the engine when it reaches the candidate's task, which then looks
+  // itself rather than wait for a worker that has not started.
+  struct look_slot {
+    enum phase_t : int { pending, taken, done };
+    std::string path;
+    std::uint64_t known_listing = 0;  // see look_at's judge_unless
+    std::atomic<int> phase{pending};
+    std::optional<look> result;  // written before phase turns done; unset: it failed
+  };
+
   struct task {
     enum kind_t { scan_job, scan_dir, evaluate, finish_job, reconciled } kind;
     std::string job;
@@ -518,7 +531,7 @@ class watcher::impl {
   // those looks by candidate path until evaluate() takes them (look_ahead).
   // No pool on a single core.
   std::unique_ptr<worker_pool> pool_;
-  std::unordered_map<std::string, std::future<look>> looks_;
+  std::unordered_map<std::string, std::shared_ptr<look_slot>> looks_;
 
   // ---- jobs and roots --------------------------------------------------------
 
@@ -1272,6 +1285,7 @@ class watcher::impl {
   // are judged inline.
   void look_ahead() {
     if (!pool_ || looks_.size() >= looks_ahead / 2) return;
+    std::vector<std::shared_ptr<look_slot>> handover;
     std::size_t visited = 0;
     for (const task& t : tasks_) {
       if (looks_.size() >= looks_ahead || ++visited > 2 * looks_ahead) break;
@@ -1280,31 +1294,54 @@ class watcher::impl {
       if (it == jobs_.end() || it->second.how.polled) continue;
       const job_state& js = it->second;
       if (!within(t.path, js.dir) || t.path.size() == js.dir.size()) continue;
+      auto slot = std::make_shared<look_slot>();
+      slot->path = t.path;
       // A listing the engine already knows needs no verdict (see judge).
-      std::uint64_t known = 0;
       if (auto r = js.candidates.find(t.path.substr(js.dir.size() + 1));
           r != js.candidates.end() && (r->second.judged || r->second.indexed)) {
-        known = r->second.listing_hash;
+        slot->known_listing = r->second.listing_hash;
       }
-      looks_.emplace(t.path, pool_->submit([path = t.path, known] {
-        return look_at(path, known, /*keep_view=*/false);
-      }));
+      looks_.emplace(t.path, slot);
+      handover.push_back(std::move(slot));
+      if (handover.size() == looks_per_handover) hand_over(std::exchange(handover, {}));
     }
+    if (!handover.empty()) hand_over(std::move(handover));
   }
 
-  // The look taken ahead at `path` (waiting for the worker still taking it),
-  // or nullopt when none was or it failed (the engine then looks itself).
+  void hand_over(std::vector<std::shared_ptr<look_slot>> slots) {
+    pool_->post([slots = std::move(slots)] {
+      for (const auto& slot : slots) {
+        int expected = look_slot::pending;
+        if (!slot->phase.compare_exchange_strong(expected, look_slot::taken,
+                                                 std::memory_order_acq_rel))
+          continue;  // the engine got there first
+        try {
+          slot->result = look_at(slot->path, slot->known_listing, /*keep_view=*/false);
+        } catch (const std::exception& e) {
+          log::debug("looking at ", slot->path, " ahead failed (", e.what(), ")");
+        }
+        slot->phase.store(look_slot::done, std::memory_order_release);
+        slot->phase.notify_one();
+      }
+    });
+  }
+
+  // The look taken ahead at `path`, waiting for the worker taking it; nullopt
+  // when none was taken (no worker had started on it: the engine looks
+  // itself, which is sooner) or it failed.
   std::optional<look> take_look_ahead(const std::string& path) {
     const auto it = looks_.find(path);
     if (it == looks_.end()) return std::nullopt;
-    auto taking = std::move(it->second);
+    const auto slot = std::move(it->second);
     looks_.erase(it);
-    try {
-      return taking.get();
-    } catch (const std::exception& e) {
-      log::debug("looking at ", path, " ahead failed (", e.what(), "); looking again");
+    int phase = look_slot::pending;
+    if (slot->phase.compare_exchange_strong(phase, look_slot::taken, std::memory_order_acq_rel))
       return std::nullopt;
+    while (phase != look_slot::done) {
+      slot->phase.wait(phase, std::memory_order_acquire);
+      phase = slot->phase.load(std::memory_order_acquire);
     }
+    return std::move(slot->result);
   }
 
   // The layout's verdict on a candidate; nullopt when it was judged complete

@@ -37,10 +37,12 @@ class worker_pool {
     return result;
   }
 
+  // Runs job() on one of the threads; nothing comes back.
+  void post(std::function<void()> job);
+
   [[nodiscard]] std::size_t threads() const { return threads_.size(); }
 
  private:
-  void post(std::function<void()> job);
   void work();
 
   std::mutex mutex_;
