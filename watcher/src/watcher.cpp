@@ -50,6 +50,7 @@
 #include <system_error>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 namespace ckptd::watcher {
@@ -375,6 +376,7 @@ class watcher::impl {
     inotify_.close(ignored);
     looks_.clear();
     pool_.reset();  // waits for the looks being taken: a listing or a read each
+    orphans_.clear();
   }
 
  private:
@@ -472,6 +474,10 @@ class watcher::impl {
     const layout* owner = nullptr;       // nullptr: no layout claims it
     std::optional<recognition> verdict;  // unset: not asked for
     std::vector<std::string> folders;    // inside it, relative: for watch_new_interior
+    // With a watch asked for: what inotify_add_watch gave before the listing.
+    bool watched = false;
+    int wd = -1;
+    int watch_error = 0;
   };
 
   // A look to take ahead of the engine, by whoever comes first: a worker,
@@ -481,6 +487,7 @@ class watcher::impl {
     enum phase_t : int { pending, taken, done };
     std::string path;
     std::uint64_t known_listing = 0;  // see look_at's judge_unless
+    int inotify_fd = -1;              // >= 0: watch the candidate first (see look_at)
     std::atomic<int> phase{pending};
     std::optional<look> result;  // written before phase turns done; unset: it failed
   };
@@ -532,6 +539,18 @@ class watcher::impl {
   // No pool on a single core.
   std::unique_ptr<worker_pool> pool_;
   std::unordered_map<std::string, std::shared_ptr<look_slot>> looks_;
+  // Candidate folders a scan found and queued but left unwatched: inotify
+  // watches cost the kernel a path walk each, 100,000s of them at start, so
+  // the worker that looks at the candidate ahead adds the watch right before
+  // its listing, and the engine records it when it takes the look (or adds
+  // it itself when it looks inline). Emptied whenever the queue is.
+  std::unordered_set<std::string> unwatched_;
+  // Events of watches added by workers and not recorded yet (raw, as read),
+  // replayed when their watch is (see took_watch_ahead). Bounded; past the
+  // bound every job is rescanned once the looks in flight are done.
+  static constexpr std::size_t max_orphans = 4096;
+  std::deque<std::string> orphans_;
+  bool orphans_overflowed_ = false;
 
   // ---- jobs and roots --------------------------------------------------------
 
@@ -859,9 +878,14 @@ class watcher::impl {
   // could not be watched; the folder is then covered by periodic rescans.
   bool watch_dir(const std::string& path, const std::string& job, int depth) {
     if (auto it = jobs_.find(job); it != jobs_.end() && it->second.how.polled) return true;
-    int wd = ::inotify_add_watch(inotify_.native_handle(), path.c_str(), dir_mask);
+    const int wd = ::inotify_add_watch(inotify_.native_handle(), path.c_str(), dir_mask);
+    return took_watch(path, job, depth, wd, wd < 0 ? errno : 0);
+  }
+
+  // Records the outcome of inotify_add_watch on `path` (here or on a worker,
+  // see look_at): the watch's node, or the error.
+  bool took_watch(const std::string& path, const std::string& job, int depth, int wd, int error) {
     if (wd < 0) {
-      const int error = errno;
       if (error == ENOSPC) {
         log_watch_limit();
       } else if (error == EACCES) {
@@ -969,7 +993,13 @@ class watcher::impl {
       run(t);
     }
     flush();
-    if (!tasks_.empty()) schedule_pump();
+    if (!tasks_.empty()) {
+      schedule_pump();
+    } else {
+      // Every candidate a scan queued has been judged (and watched) or
+      // dropped with its job.
+      unwatched_.clear();
+    }
   }
 
   void run(const task& t) {
@@ -1046,8 +1076,13 @@ class watcher::impl {
         if (claimed_by_name(e.name, e.is_dir)) {
           if (depth + 1 > opts_.max_depth) continue;
           // Only the folder itself: judging lists it anyway, and watches
-          // what is inside then (watch_new_interior).
-          if (e.is_dir) watch_dir(path, job, depth + 1);
+          // what is inside then (watch_new_interior). With workers, the
+          // worker that looks at it ahead watches it (see unwatched_).
+          if (e.is_dir && defers_watches(job)) {
+            unwatched_.insert(path);
+          } else if (e.is_dir) {
+            watch_dir(path, job, depth + 1);
+          }
           next.push_back({task::evaluate, job, path, 0});
         } else if (e.is_dir && depth + 1 <= opts_.max_depth) {
           // Watch first, list later (when the task runs): nothing slips between.
@@ -1249,13 +1284,55 @@ class watcher::impl {
         std::count(path.begin() + static_cast<std::ptrdiff_t>(js.dir.size()), path.end(), '/'));
   }
 
+  // Whether a scan leaves this job's candidate folders for the workers to
+  // watch (see unwatched_): with workers, in inotify mode.
+  bool defers_watches(const std::string& job) const {
+    if (!pool_) return false;
+    const auto it = jobs_.find(job);
+    return it != jobs_.end() && !it->second.how.polled;
+  }
+
+  // Records the watch a worker added before its look, and replays the events
+  // it raised meanwhile. A candidate gone by then loses its watch again.
+  void took_watch_ahead(job_state& js, const std::string& path, const look& seen) {
+    unwatched_.erase(path);
+    if (seen.gone) {
+      if (seen.wd >= 0) ::inotify_rm_watch(inotify_.native_handle(), seen.wd);
+      return;
+    }
+    if (!took_watch(path, js.uuid, depth_in_job(js, path), seen.wd, seen.watch_error)) return;
+    std::vector<std::string> replay;
+    for (auto it = orphans_.begin(); it != orphans_.end();) {
+      if (reinterpret_cast<const inotify_event*>(it->data())->wd == seen.wd) {
+        replay.push_back(std::move(*it));
+        it = orphans_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (replay.empty()) return;
+    for (const auto& raw : replay) handle(*reinterpret_cast<const inotify_event*>(raw.data()));
+    // As after a drain of the kernel's queue: judge what those events touched.
+    net::post(ctx_, [this] {
+      if (stopped_) return;
+      for (auto& [job, candidate] : std::exchange(dirty_, {})) evaluate(job, candidate);
+      flush();
+    });
+  }
+
   // Takes a look at a candidate. The layout's verdict is asked for only with
   // `judge_unless`, and then unless the listing hashes to it: judge() then
   // mostly keeps what it knows (a memo, the index's record) and otherwise
   // asks the layout itself.
   static look look_at(const std::string& path, std::optional<std::uint64_t> judge_unless,
-                      bool keep_view) {
+                      bool keep_view, int inotify_fd = -1) {
     look out;
+    if (inotify_fd >= 0) {
+      // Watch first, list second, as everywhere: nothing slips between.
+      out.watched = true;
+      out.wd = ::inotify_add_watch(inotify_fd, path.c_str(), dir_mask);
+      if (out.wd < 0) out.watch_error = errno;
+    }
     auto view = view_from_disk(path, candidate_inner_depth);
     if (!view) return out;
     out.gone = false;
@@ -1285,6 +1362,12 @@ class watcher::impl {
   // are judged inline.
   void look_ahead() {
     if (!pool_ || looks_.size() >= looks_ahead / 2) return;
+    if (looks_.empty()) {
+      // Every look taken ahead has been used, its watch recorded: events of
+      // unknown watches kept until now belong to watches already gone.
+      orphans_.clear();
+      if (std::exchange(orphans_overflowed_, false)) rescan_all();
+    }
     std::vector<std::shared_ptr<look_slot>> handover;
     std::size_t visited = 0;
     for (const task& t : tasks_) {
@@ -1296,6 +1379,7 @@ class watcher::impl {
       if (!within(t.path, js.dir) || t.path.size() == js.dir.size()) continue;
       auto slot = std::make_shared<look_slot>();
       slot->path = t.path;
+      if (unwatched_.contains(t.path)) slot->inotify_fd = inotify_.native_handle();
       // A listing the engine already knows needs no verdict (see judge).
       if (auto r = js.candidates.find(t.path.substr(js.dir.size() + 1));
           r != js.candidates.end() && (r->second.judged || r->second.indexed)) {
@@ -1316,7 +1400,8 @@ class watcher::impl {
                                                  std::memory_order_acq_rel))
           continue;  // the engine got there first
         try {
-          slot->result = look_at(slot->path, slot->known_listing, /*keep_view=*/false);
+          slot->result =
+              look_at(slot->path, slot->known_listing, /*keep_view=*/false, slot->inotify_fd);
         } catch (const std::exception& e) {
           log::debug("looking at ", slot->path, " ahead failed (", e.what(), ")");
         }
@@ -1364,7 +1449,14 @@ class watcher::impl {
     }
     // Taken before the listing: a change while it is read then shows next time.
     const std::int64_t folder_mtime = js.how.polled ? trusted_folder_mtime(path) : 0;
-    look seen = ahead ? std::move(*ahead) : look_at(path, std::nullopt, /*keep_view=*/true);
+    look seen;
+    if (ahead) {
+      seen = std::move(*ahead);
+      if (seen.watched) took_watch_ahead(js, path, seen);
+    } else {
+      if (unwatched_.erase(path) > 0) watch_dir(path, js.uuid, depth_in_job(js, path));
+      seen = look_at(path, std::nullopt, /*keep_view=*/true);
+    }
     if (!seen.gone && watch_new_interior(js, path, seen.folders)) {
       // Files that landed in those folders before their watches existed.
       seen = look_at(path, std::nullopt, /*keep_view=*/true);
@@ -1859,7 +1951,17 @@ class watcher::impl {
       return;
     }
     auto it = nodes_.find(ev.wd);
-    if (it == nodes_.end()) return;  // a watch we already dropped
+    if (it == nodes_.end()) {
+      // A watch dropped already, or one a worker added that is not recorded
+      // yet: kept for the latter while looks are in flight.
+      if (looks_.empty()) return;
+      if (orphans_.size() >= max_orphans) {
+        orphans_overflowed_ = true;
+        return;
+      }
+      orphans_.emplace_back(reinterpret_cast<const char*>(&ev), sizeof(inotify_event) + ev.len);
+      return;
+    }
     if (ev.mask & IN_IGNORED) {
       forget_watch(ev.wd);
       return;
