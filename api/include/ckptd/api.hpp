@@ -111,8 +111,9 @@ struct options {
   // answered once the job has been read back from event_store (the bodies are
   // byte for byte what publish() made of the same checkpoints). 0 keeps every
   // body. Only with an event_store; without one every body is kept.
-  // Default: 4 MiB.
-  std::size_t body_cache_bytes = 4 * 1024 * 1024;
+  // Default: 2 MiB (about 70 jobs of 100 checkpoints, or a 1,000-checkpoint
+  // job's bodies several times over).
+  std::size_t body_cache_bytes = 2 * 1024 * 1024;
 };
 
 // A job's status as llama-stack's PostTrainingJobStatusResponse reports it;
