@@ -135,10 +135,25 @@ std::string to_valid_utf8(std::string_view text) {
 
 std::string rfc3339_utc(std::int64_t ns_since_epoch) {
   using namespace std::chrono;
-  const sys_time<nanoseconds> t{nanoseconds{ns_since_epoch}};
-  const auto day = floor<days>(t);
-  const year_month_day ymd{day};
-  const hh_mm_ss<microseconds> time{floor<microseconds>(t - day)};
+  // Split in integers first: floor<days> of a nanosecond time_point turns the
+  // day back into nanoseconds, which overflows near the ends of the int64
+  // range (a damaged record, or a file dated 1677).
+  constexpr std::int64_t ns_per_s = 1'000'000'000;
+  constexpr std::int64_t s_per_day = 86'400;
+  std::int64_t seconds_since = ns_since_epoch / ns_per_s;
+  std::int64_t ns_in_second = ns_since_epoch % ns_per_s;
+  if (ns_in_second < 0) {
+    ns_in_second += ns_per_s;
+    --seconds_since;
+  }
+  std::int64_t day_number = seconds_since / s_per_day;
+  std::int64_t s_in_day = seconds_since % s_per_day;
+  if (s_in_day < 0) {
+    s_in_day += s_per_day;
+    --day_number;
+  }
+  const year_month_day ymd{sys_days{days{day_number}}};
+  const hh_mm_ss<microseconds> time{seconds{s_in_day} + microseconds{ns_in_second / 1000}};
   // Formatted by hand: every checkpoint of every body has one, and snprintf
   // was a tenth of the CPU of indexing a large tree. The int64 nanosecond
   // range spans the years 1677 to 2262: always four digits.
