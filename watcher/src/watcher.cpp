@@ -373,10 +373,12 @@ class watcher::impl {
     boost::system::error_code ignored;
     rescan_timer_.cancel();
     for (auto& [path, s] : settling_) s.timer->cancel();
-    inotify_.close(ignored);
+    // The workers first: a look being taken may still add a watch, and must
+    // not find the inotify descriptor closed (or its number reused).
     looks_.clear();
     pool_.reset();  // waits for the looks being taken: a listing or a read each
     orphans_.clear();
+    inotify_.close(ignored);
   }
 
  private:
