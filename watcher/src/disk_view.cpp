@@ -21,6 +21,7 @@
 //    so a layout can look only where it says it looks.
 
 #include "dir_entries.hpp"
+#include "formats.hpp"
 #include "layout.hpp"
 
 #include <ckptd/log.hpp>
@@ -340,11 +341,9 @@ class disk_view final : public candidate_view {
   // The size of the candidate's file at `rel` as listed, or nullopt when the
   // listing does not have it as a file.
   std::optional<std::uint64_t> listed_size(std::string_view rel) const {
-    const auto it =
-        std::lower_bound(files_.begin(), files_.end(), rel,
-                         [](const file_info& f, std::string_view r) { return f.rel < r; });
-    if (it == files_.end() || it->rel != rel || it->is_dir) return std::nullopt;
-    return it->size;
+    const file_info* f = find_file(*this, rel);
+    if (f == nullptr || f->is_dir) return std::nullopt;
+    return f->size;
   }
 
   int open_self() const { return open_file_for_read(AT_FDCWD, path_.c_str()); }

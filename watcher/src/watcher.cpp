@@ -1317,7 +1317,7 @@ class watcher::impl {
     // As after a drain of the kernel's queue: judge what those events touched.
     net::post(ctx_, [this] {
       if (stopped_) return;
-      for (auto& [job, candidate] : std::exchange(dirty_, {})) evaluate(job, candidate);
+      judge_dirty();
       flush();
     });
   }
@@ -1940,10 +1940,15 @@ class watcher::impl {
         off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
       }
     }
-    for (auto& [job, path] : std::exchange(dirty_, {})) evaluate(job, path);
+    judge_dirty();
     events_seen_at_.reset();
     flush();
     schedule_pump();
+  }
+
+  // Judges each candidate that events marked since the last call, once.
+  void judge_dirty() {
+    for (auto& [job, path] : std::exchange(dirty_, {})) evaluate(job, path);
   }
 
   void handle(const inotify_event& ev) {
