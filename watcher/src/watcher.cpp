@@ -376,6 +376,7 @@ class watcher::impl {
     // The workers first: a look being taken may still add a watch, and must
     // not find the inotify descriptor closed (or its number reused).
     looks_.clear();
+    handed_.clear();
     pool_.reset();  // waits for the looks being taken: a listing or a read each
     orphans_.clear();
     inotify_.close(ignored);
@@ -501,6 +502,48 @@ class watcher::impl {
     int depth = 0;
   };
 
+  // The engine's queue. It also remembers how many of its front tasks
+  // look_ahead() has been through already, so that each task is visited once
+  // rather than once per task run ahead of it (100,000s at start), and lets
+  // look_ahead() run a scan where it stands in the queue (run_in_place).
+  class task_queue {
+   public:
+    bool empty() const { return tasks_.empty(); }
+    std::size_t size() const { return tasks_.size(); }
+    const task& operator[](std::size_t i) const { return tasks_[i]; }
+    void push_back(task t) { tasks_.push_back(std::move(t)); }
+    // "Front" is the place of the task being run: the queue's front, or
+    // where run_in_place took it from. Tasks put there are new to
+    // look_ahead(): what it went through is visited again from there.
+    void push_front(task t) {
+      tasks_.insert(tasks_.begin() + static_cast<std::ptrdiff_t>(front_), std::move(t));
+      visited_ = std::min(visited_, front_);
+    }
+    task pop_front() {
+      task t = std::move(tasks_.front());
+      tasks_.pop_front();
+      if (visited_ > 0) --visited_;
+      return t;
+    }
+    // Runs task i now, and what it queues "in front" takes its place.
+    template <typename Run>
+    void run_in_place(std::size_t i, Run&& run) {
+      task t = std::move(tasks_[i]);
+      tasks_.erase(tasks_.begin() + static_cast<std::ptrdiff_t>(i));
+      visited_ = std::min(visited_, i);
+      front_ = i;
+      run(t);
+      front_ = 0;
+    }
+    std::size_t visited() const { return visited_; }
+    void set_visited(std::size_t n) { visited_ = n; }
+
+   private:
+    std::deque<task> tasks_;
+    std::size_t visited_ = 0;
+    std::size_t front_ = 0;
+  };
+
   net::io_context& ctx_;
   options opts_;
   store::index& index_;
@@ -521,7 +564,7 @@ class watcher::impl {
   // path -> wd, ordered for subtree ranges; keys point into nodes_ (see remember_watch)
   std::map<std::string_view, int, std::less<>> wd_by_path_;
   std::map<std::string, job_state> jobs_;  // uuid -> job
-  std::deque<task> tasks_;
+  task_queue tasks_;
   std::set<std::pair<std::string, std::string>> dirty_;  // (job, candidate path)
   std::map<std::string, store::job_change> pending_;     // job -> change not yet written
   std::map<std::string, settle_state> settling_;         // candidate path -> quiet-time tracking
@@ -541,6 +584,10 @@ class watcher::impl {
   // No pool on a single core.
   std::unique_ptr<worker_pool> pool_;
   std::unordered_map<std::string, std::shared_ptr<look_slot>> looks_;
+  // The same looks in the order they were handed over, for the engine to
+  // take one itself while it waits for a worker (take_look_ahead); the front
+  // ones already taken are dropped as it goes.
+  std::deque<std::shared_ptr<look_slot>> handed_;
   // Candidate folders a scan found and queued but left unwatched: inotify
   // watches cost the kernel a path walk each, 100,000s of them at start, so
   // the worker that looks at the candidate ahead adds the watch right before
@@ -989,10 +1036,9 @@ class watcher::impl {
   void pump() {
     if (stopped_) return;
     for (int i = 0; i < tasks_per_turn && !tasks_.empty(); ++i) {
-      look_ahead();
-      task t = std::move(tasks_.front());
-      tasks_.pop_front();
-      run(t);
+      look_ahead();  // may run scans itself, even the last task queued
+      if (tasks_.empty()) break;
+      run(tasks_.pop_front());
     }
     flush();
     if (!tasks_.empty()) {
@@ -1067,6 +1113,10 @@ class watcher::impl {
     } else if (error == 0) {
       note_readable(dir);
     }
+    // In name order: the checkpoint keys a scan writes then come in key
+    // order, which RocksDB's memtable inserts fastest (next to the last).
+    std::sort(entries.begin(), entries.end(),
+              [](const dir_entry& a, const dir_entry& b) { return a.name < b.name; });
     std::vector<task> next;
     if (depth > 0 && has_manifest(entries)) {
       // Already watched (before this listing); judging watches its inside.
@@ -1363,17 +1413,31 @@ class watcher::impl {
   // get no events and have a shortcut of their own (listing_by_names): they
   // are judged inline.
   void look_ahead() {
+    while (!handed_.empty() &&
+           handed_.front()->phase.load(std::memory_order_relaxed) != look_slot::pending) {
+      handed_.pop_front();
+    }
     if (!pool_ || looks_.size() >= looks_ahead / 2) return;
     if (looks_.empty()) {
       // Every look taken ahead has been used, its watch recorded: events of
       // unknown watches kept until now belong to watches already gone.
+      handed_.clear();
       orphans_.clear();
       if (std::exchange(orphans_overflowed_, false)) rescan_all();
     }
     std::vector<std::shared_ptr<look_slot>> handover;
-    std::size_t visited = 0;
-    for (const task& t : tasks_) {
-      if (looks_.size() >= looks_ahead || ++visited > 2 * looks_ahead) break;
+    std::size_t i = tasks_.visited();
+    for (std::size_t visits = 0; i < tasks_.size(); ++i) {
+      if (looks_.size() >= looks_ahead || ++visits > 2 * looks_ahead) break;
+      const task& t = tasks_[i];
+      if (t.kind == task::scan_job || t.kind == task::scan_dir) {
+        // Listed now rather than when the candidates before it are judged:
+        // the workers go on to its candidates instead of idling at every
+        // job's end. Each job's tasks keep their order, and jobs are
+        // independent of one another.
+        tasks_.run_in_place(i--, [this](const task& scan) { run(scan); });
+        continue;
+      }
       if (t.kind != task::evaluate || looks_.contains(t.path)) continue;
       const auto it = jobs_.find(t.job);
       if (it == jobs_.end() || it->second.how.polled) continue;
@@ -1388,29 +1452,44 @@ class watcher::impl {
         slot->known_listing = r->second.listing_hash;
       }
       looks_.emplace(t.path, slot);
+      handed_.push_back(slot);
       handover.push_back(std::move(slot));
       if (handover.size() == looks_per_handover) hand_over(std::exchange(handover, {}));
     }
+    tasks_.set_visited(i);
     if (!handover.empty()) hand_over(std::move(handover));
   }
 
   void hand_over(std::vector<std::shared_ptr<look_slot>> slots) {
     pool_->post([slots = std::move(slots)] {
-      for (const auto& slot : slots) {
-        int expected = look_slot::pending;
-        if (!slot->phase.compare_exchange_strong(expected, look_slot::taken,
-                                                 std::memory_order_acq_rel))
-          continue;  // the engine got there first
-        try {
-          slot->result =
-              look_at(slot->path, slot->known_listing, /*keep_view=*/false, slot->inotify_fd);
-        } catch (const std::exception& e) {
-          log::debug("looking at ", slot->path, " ahead failed (", e.what(), ")");
-        }
-        slot->phase.store(look_slot::done, std::memory_order_release);
-        slot->phase.notify_one();
-      }
+      for (const auto& slot : slots) take_if_pending(*slot);  // else the engine got there first
     });
+  }
+
+  // Takes the look unless someone else has; on a worker or on the engine.
+  static bool take_if_pending(look_slot& slot) {
+    int expected = look_slot::pending;
+    if (!slot.phase.compare_exchange_strong(expected, look_slot::taken, std::memory_order_acq_rel))
+      return false;
+    try {
+      slot.result = look_at(slot.path, slot.known_listing, /*keep_view=*/false, slot.inotify_fd);
+    } catch (const std::exception& e) {
+      log::debug("looking at ", slot.path, " ahead failed (", e.what(), ")");
+    }
+    slot.phase.store(look_slot::done, std::memory_order_release);
+    slot.phase.notify_one();
+    return true;
+  }
+
+  // Takes the next look no one has started, for a later evaluate(); false
+  // when every look handed over is taken.
+  bool take_next_pending() {
+    while (!handed_.empty()) {
+      const auto slot = std::move(handed_.front());
+      handed_.pop_front();
+      if (take_if_pending(*slot)) return true;
+    }
+    return false;
   }
 
   // The look taken ahead at `path`, waiting for the worker taking it; nullopt
@@ -1424,8 +1503,10 @@ class watcher::impl {
     int phase = look_slot::pending;
     if (slot->phase.compare_exchange_strong(phase, look_slot::taken, std::memory_order_acq_rel))
       return std::nullopt;
+    // A worker is on it: rather than wait, the engine takes looks further
+    // ahead, which the workers would otherwise take after this one.
     while (phase != look_slot::done) {
-      slot->phase.wait(phase, std::memory_order_acquire);
+      if (!take_next_pending()) slot->phase.wait(phase, std::memory_order_acquire);
       phase = slot->phase.load(std::memory_order_acquire);
     }
     return std::move(slot->result);
