@@ -519,6 +519,15 @@ class watcher::impl {
       tasks_.insert(tasks_.begin() + static_cast<std::ptrdiff_t>(front_), std::move(t));
       visited_ = std::min(visited_, front_);
     }
+    // All of `ts`, in their order, in one move of the tasks after them.
+    void push_front(std::vector<task>&& ts) {
+      // Not for nothing: GCC 12's deque moves the tasks after an empty range
+      // onto themselves, which empties their strings.
+      if (ts.empty()) return;
+      tasks_.insert(tasks_.begin() + static_cast<std::ptrdiff_t>(front_),
+                    std::make_move_iterator(ts.begin()), std::make_move_iterator(ts.end()));
+      visited_ = std::min(visited_, front_);
+    }
     task pop_front() {
       task t = std::move(tasks_.front());
       tasks_.pop_front();
@@ -1144,7 +1153,7 @@ class watcher::impl {
       }
     }
     // Depth-first keeps the queue as small as the tree is deep.
-    for (auto it = next.rbegin(); it != next.rend(); ++it) tasks_.push_front(std::move(*it));
+    tasks_.push_front(std::move(next));
   }
 
   static bool has_manifest(const std::vector<dir_entry>& entries) {
