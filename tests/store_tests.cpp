@@ -10,7 +10,9 @@
 #include <boost/test/unit_test.hpp>
 
 #include <rocksdb/db.h>
+#include <rocksdb/iterator.h>
 #include <rocksdb/options.h>
+#include <rocksdb/write_batch.h>
 
 #include <fcntl.h>
 #include <sys/mount.h>
@@ -159,6 +161,42 @@ struct temp_dir {
   }
 };
 
+// A database opened with plain RocksDB and all of its column families, whose
+// handles are released before it closes (members go in reverse order).
+struct raw_db {
+  std::unique_ptr<rocksdb::DB> db;
+  std::map<std::string, std::unique_ptr<rocksdb::ColumnFamilyHandle>> families;
+
+  static raw_db open(const fs::path& dir, bool create) {
+    rocksdb::Options options;
+    options.create_if_missing = create;
+    std::vector<std::string> names;
+    if (!rocksdb::DB::ListColumnFamilies(options, dir.string(), &names).ok()) {
+      names = {rocksdb::kDefaultColumnFamilyName};  // a database still to create
+    }
+    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+    for (const auto& name : names) descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* raw = nullptr;
+    const auto s = rocksdb::DB::Open(options, dir.string(), descriptors, &handles, &raw);
+    BOOST_TEST_REQUIRE(s.ok(), s.ToString());
+    raw_db out;
+    out.db.reset(raw);
+    for (std::size_t i = 0; i < names.size(); ++i) out.families[names[i]].reset(handles[i]);
+    return out;
+  }
+  rocksdb::DB* operator->() const { return db.get(); }
+  rocksdb::ColumnFamilyHandle* family(const std::string& name) const {
+    const auto it = families.find(name);
+    BOOST_TEST_REQUIRE((it != families.end()), "no column family " << name);
+    return it->second.get();
+  }
+  void reset() {
+    families.clear();
+    db.reset();
+  }
+};
+
 struct db_fixture {
   temp_dir tmp;
   fs::path dir = tmp.path / "index";
@@ -201,17 +239,15 @@ struct db_fixture {
   }
 
   // Opens the folder with RocksDB directly, as another program would.
-  [[nodiscard]] std::unique_ptr<rocksdb::DB> open_raw(bool create = false) const {
-    rocksdb::Options options;
-    options.create_if_missing = create;
-    rocksdb::DB* raw = nullptr;
-    const auto s = rocksdb::DB::Open(options, dir.string(), &raw);
-    BOOST_TEST_REQUIRE(s.ok(), s.ToString());
-    return std::unique_ptr<rocksdb::DB>(raw);
+  // The folder opened with plain RocksDB, every column family it has open.
+  [[nodiscard]] raw_db open_raw(bool create = false) const {
+    return raw_db::open(dir, create);
   }
-  void raw_put(std::string_view key, std::string_view value) const {
+  // Puts a key into `family` ("default", or ckptd's "events").
+  void raw_put(std::string_view key, std::string_view value,
+               const std::string& family = rocksdb::kDefaultColumnFamilyName) const {
     auto db = open_raw();
-    const auto s = db->Put(rocksdb::WriteOptions(), key, value);
+    const auto s = db->Put(rocksdb::WriteOptions(), db.family(family), key, value);
     BOOST_TEST_REQUIRE(s.ok(), s.ToString());
   }
 };
@@ -965,7 +1001,8 @@ BOOST_FIXTURE_TEST_CASE(newer_schema_is_refused_untouched, db_fixture) {
   expect_error(r, errc::newer_schema);
   expect_unchanged(before, dir);
   show_log();
-  BOOST_TEST(logged_containing("schema version 2"));
+  BOOST_TEST(logged_containing("schema version " +
+                               std::to_string(store::index::schema_version + 1)));
 }
 
 BOOST_FIXTURE_TEST_CASE(foreign_database_is_refused_untouched, db_fixture) {
@@ -1466,12 +1503,83 @@ BOOST_FIXTURE_TEST_CASE(events_commit_in_seq_order_under_concurrent_writers, db_
   }
 }
 
+// An index written by a ckptd of schema 1, events in the default family:
+// open() moves them into their own family (in several batches), and
+// nothing else changes.
+BOOST_FIXTURE_TEST_CASE(schema_1_events_move_to_their_own_family, db_fixture) {
+  constexpr std::uint64_t count = 2500;
+  const auto job = make_job("j");
+  const auto checkpoint = make_checkpoint("/j/ckpt-1", 1);
+  {
+    auto db = open_raw(/*create=*/true);
+    rocksdb::WriteBatch batch;
+    BOOST_TEST_REQUIRE(batch.Put(codec::schema_key(), codec::encode_schema(1)).ok());
+    BOOST_TEST_REQUIRE(batch.Put(codec::job_key("j"), codec::encode_job(job)).ok());
+    BOOST_TEST_REQUIRE(
+        batch.Put(codec::checkpoint_key("j", checkpoint.path), codec::encode_checkpoint(checkpoint))
+            .ok());
+    for (std::uint64_t n = 1; n <= count; ++n) {
+      auto e = event_of("checkpoint.created", R"({"n":)" + std::to_string(n) + "}", 7);
+      e.job_uuid = "j";
+      BOOST_TEST_REQUIRE(batch.Put(codec::event_key(n), codec::encode_event(e)).ok());
+    }
+    BOOST_TEST_REQUIRE(batch.Put(codec::event_seq_key(), codec::encode_event_seq(count)).ok());
+    BOOST_TEST_REQUIRE(db->Write(rocksdb::WriteOptions(), &batch).ok());
+  }
+  const auto check = [&](store::index& idx) {
+    BOOST_TEST(idx.first_event_seq() == 1u);
+    BOOST_TEST(idx.last_event_seq() == count);
+    auto events = idx.events_after(0, count + 10);
+    BOOST_TEST_REQUIRE(events.has_value());
+    BOOST_TEST_REQUIRE(events->size() == count);
+    for (std::uint64_t n = 1; n <= count; ++n) {
+      const auto& e = (*events)[n - 1];
+      BOOST_TEST(e.seq == n);
+      BOOST_TEST(e.job_uuid == "j");
+      BOOST_TEST(e.data == R"({"n":)" + std::to_string(n) + "}");
+    }
+    auto got = idx.checkpoints("j");
+    BOOST_TEST_REQUIRE(got.has_value());
+    BOOST_TEST(*got == std::vector<store::checkpoint>{checkpoint}, boost::test_tools::per_element());
+  };
+  {
+    auto idx = open();
+    check(*idx);
+    BOOST_TEST(logged_containing("moved 2500 events"));
+  }
+  {
+    // Every event is in the event family now, none is left behind.
+    auto db = open_raw();
+    std::string value;
+    BOOST_TEST_REQUIRE(db->Get(rocksdb::ReadOptions(), codec::schema_key(), &value).ok());
+    BOOST_TEST(value == codec::encode_schema(store::index::schema_version));
+    std::unique_ptr<rocksdb::Iterator> main(db->NewIterator(rocksdb::ReadOptions()));
+    main->Seek(codec::events_begin());
+    BOOST_TEST((!main->Valid() || main->key().ToString() >= codec::events_end()));
+    std::unique_ptr<rocksdb::Iterator> events(
+        db->NewIterator(rocksdb::ReadOptions(), db.family("events")));
+    std::uint64_t n = 0;
+    for (events->SeekToFirst(); events->Valid(); events->Next()) ++n;
+    BOOST_TEST(n == count);
+  }
+  {
+    const std::lock_guard lock(*lines_mutex);
+    lines->clear();
+  }
+  auto idx = open();
+  check(*idx);
+  BOOST_TEST(!logged_containing("moved"));
+  auto next = idx->apply(created("j", 5));
+  BOOST_TEST_REQUIRE(next.has_value());
+  BOOST_TEST(*next == count + 1);
+}
+
 BOOST_FIXTURE_TEST_CASE(undecodable_events_are_corrupt_not_crashes, db_fixture) {
   {
     auto idx = open();
     BOOST_TEST_REQUIRE(idx->apply(created("j", 1)).has_value());
   }
-  raw_put(codec::event_key(2), "\x01\xff");
+  raw_put(codec::event_key(2), "\x01\xff", "events");
   {
     auto idx = open();
     BOOST_TEST(idx->last_event_seq() == 2u);  // the key counts: seq 2 is never reused

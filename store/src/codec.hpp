@@ -8,9 +8,8 @@
 //   'j' job_uuid             a job record
 //   'm' name                 metadata; 'm' "schema" holds the schema version,
 //                            'm' "event_seq" the last event seq assigned
-// The event keys came after schema version 1 shipped, in the range it had
-// reserved for them; a ckptd that predates them never reads that range, so
-// they needed no new schema version.
+// Event keys live in the "events" column family since schema version 2, the
+// rest in the default one (see index.cpp).
 // Job uuids and paths never contain NUL, so '\0' ends the uuid unambiguously:
 // job "a" has prefix "ca\0" and job "ab" has "cab\0", and neither scan can
 // reach into the other.

@@ -165,6 +165,50 @@ class sink_logger final : public rocksdb::Logger {
   return options;
 }
 
+// The event log has a column family of its own. Its keys only ever grow, so
+// RocksDB appends each one next to the last in the memtable and moves its
+// level-0 files down without rewriting them, where events mixed with
+// checkpoint keys made every insert a search and every compaction a rewrite
+// of both. Schema 1 kept events in the default family; open() moves them.
+constexpr std::string_view events_family = "events";
+
+// An open database and its column families' handles, which RocksDB needs
+// released before the database closes (members go in reverse order).
+struct database {
+  std::unique_ptr<rocksdb::DB> db;
+  std::unique_ptr<rocksdb::ColumnFamilyHandle> main;    // the default family
+  std::unique_ptr<rocksdb::ColumnFamilyHandle> events;  // the event log
+
+  explicit operator bool() const { return db != nullptr; }
+  void reset() {
+    events.reset();
+    main.reset();
+    db.reset();
+  }
+};
+
+// Opens both families of `dir`. Writable opens create the event family when
+// it is missing (an index of schema 1, or a new one).
+[[nodiscard]] rocksdb::Status open_database(const rocksdb::Options& options, const std::string& dir,
+                                            bool read_only, database& out) {
+  const rocksdb::ColumnFamilyOptions family_options(options);
+  const std::vector<rocksdb::ColumnFamilyDescriptor> families{
+      {rocksdb::kDefaultColumnFamilyName, family_options},
+      {std::string(events_family), family_options}};
+  rocksdb::DBOptions db_options(options);
+  db_options.create_missing_column_families = !read_only;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  const rocksdb::Status s =
+      read_only ? rocksdb::DB::OpenForReadOnly(db_options, dir, families, &handles, &raw)
+                : rocksdb::DB::Open(db_options, dir, families, &handles, &raw);
+  if (!s.ok()) return s;
+  out.db.reset(raw);
+  out.main.reset(handles.at(0));
+  out.events.reset(handles.at(1));
+  return s;
+}
+
 // Which folders this process has open, by device and inode (so that two
 // spellings of one path are one folder). RocksDB's own in-process check
 // compares path strings, and a second open through a symlink would succeed.
@@ -219,9 +263,10 @@ class dir_claim {
   return query.l_pid;
 }
 
-enum class schema_state {
-  current,      // holds this build's schema version
-  empty_no_key  // no schema key and no keys at all: adopt it
+// What the read-only look found: a schema version, or (0) an empty
+// database without a schema key, to adopt.
+struct schema_state {
+  std::uint32_t version = 0;
 };
 
 // The read-only look at an existing database. Nothing is written, so a
@@ -229,13 +274,15 @@ enum class schema_state {
 [[nodiscard]] result<schema_state> check_schema(const std::string& dir,
                                                 const rocksdb::Options& options,
                                                 const index::log_sink& log) {
-  // ckptd only ever uses the default column family. A read-only open may
-  // leave others out, so they would otherwise go unnoticed, and their
-  // database would pass for an empty one below.
+  // ckptd only ever creates the default and the event family. A read-only
+  // open may leave others out, so they would otherwise go unnoticed, and
+  // their database would pass for an empty one below.
   std::vector<std::string> families;
   const rocksdb::Status listed = rocksdb::DB::ListColumnFamilies(options, dir, &families);
   if (!listed.ok()) return fail(log, "cannot read the column families of index " + dir, listed);
-  if (families != std::vector<std::string>{rocksdb::kDefaultColumnFamilyName}) {
+  const std::string events_name(events_family);
+  if (families != std::vector<std::string>{rocksdb::kDefaultColumnFamilyName} &&
+      families != std::vector<std::string>{rocksdb::kDefaultColumnFamilyName, events_name}) {
     std::string names;
     for (const auto& f : families) names += (names.empty() ? "" : ", ") + codec::printable(f);
     return fail(log, "index " + dir + " has column families ckptd never creates: " + names,
@@ -265,7 +312,7 @@ enum class schema_state {
     const std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions()));
     it->SeekToFirst();
     if (!it->status().ok()) return fail(log, "cannot read index " + dir, it->status());
-    if (!it->Valid()) return schema_state::empty_no_key;
+    if (!it->Valid()) return schema_state{};
     return fail(log,
                 "index " + dir + " has no ckptd schema key; its first key is \"" +
                     codec::printable(it->key().ToStringView()) + "\"",
@@ -285,7 +332,7 @@ enum class schema_state {
                     "; this ckptd reads up to " + std::to_string(index::schema_version),
                 errc::newer_schema);
   }
-  return schema_state::current;
+  return schema_state{*version};
 }
 
 // The event log's extent: the oldest retained seq (0 when the log is empty)
@@ -295,8 +342,9 @@ struct event_range {
   std::uint64_t last = 0;
 };
 
-[[nodiscard]] result<event_range> read_event_range(rocksdb::DB& db, const std::string& dir,
+[[nodiscard]] result<event_range> read_event_range(const database& d, const std::string& dir,
                                                    const index::log_sink& log) {
+  rocksdb::DB& db = *d.db;
   event_range range;
   std::string value;
   const rocksdb::Status got = db.Get(rocksdb::ReadOptions(), codec::event_seq_key(), &value);
@@ -320,7 +368,7 @@ struct event_range {
   rocksdb::ReadOptions options;
   options.iterate_lower_bound = &lower;  // both must outlive the iterator
   options.iterate_upper_bound = &upper;
-  const std::unique_ptr<rocksdb::Iterator> it(db.NewIterator(options));
+  const std::unique_ptr<rocksdb::Iterator> it(db.NewIterator(options, d.events.get()));
   const auto seq_here = [&]() -> result<std::uint64_t> {
     const auto seq = codec::seq_from_event_key(it->key().ToStringView());
     if (!seq || *seq == 0) {
@@ -350,6 +398,42 @@ struct event_range {
   return range;
 }
 
+// Moves schema 1's events from the default family into their own. Each batch
+// moves its events atomically, so a crash leaves every event in exactly one
+// family, and the next open moves the rest.
+[[nodiscard]] result<void> move_events_to_their_family(const database& d, const std::string& dir,
+                                                       const index::log_sink& log) {
+  constexpr std::size_t events_per_batch = 1000;
+  const std::string begin = codec::events_begin();
+  const std::string end = codec::events_end();
+  const rocksdb::Slice upper(end);
+  rocksdb::ReadOptions options;
+  options.iterate_upper_bound = &upper;  // must outlive the iterator
+  // The iterator reads a snapshot: the deletes written meanwhile do not
+  // move it.
+  const std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(options, d.main.get()));
+  std::uint64_t moved = 0;
+  rocksdb::WriteBatch batch;
+  rocksdb::Status s;
+  const auto write = [&] {
+    if (s.ok() && batch.Count() > 0) s = d.db->Write(rocksdb::WriteOptions(), &batch);
+    batch.Clear();
+  };
+  for (it->Seek(begin); it->Valid() && s.ok(); it->Next()) {
+    s = batch.Put(d.events.get(), it->key(), it->value());
+    if (s.ok()) s = batch.Delete(d.main.get(), it->key());
+    if (++moved % events_per_batch == 0) write();
+  }
+  write();
+  if (!it->status().ok()) return fail(log, "cannot read the events of index " + dir, it->status());
+  if (!s.ok()) return fail(log, "moving the events of index " + dir + " to their own family", s);
+  if (moved > 0) {
+    emit(log, "index " + dir + ": moved " + std::to_string(moved) +
+                  " events to a column family of their own (schema 2)");
+  }
+  return {};
+}
+
 [[nodiscard]] std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -364,7 +448,7 @@ enum class db_mode { read_write, read_only, closed };
 class rocks_index final : public index {
  public:
   rocks_index(dir_claim claim, std::string dir, rocksdb::Options options,
-              std::unique_ptr<rocksdb::DB> db, log_sink log, open_options opts, event_range events)
+              database db, log_sink log, open_options opts, event_range events)
       : claim_(std::move(claim)),
         dir_(std::move(dir)),
         options_(std::move(options)),
@@ -439,7 +523,7 @@ class rocks_index final : public index {
         event stored = e;
         if (stored.job_uuid.empty()) stored.job_uuid = uuid;
         if (stored.at_ns == 0) stored.at_ns = now;
-        step(batch.Put(codec::event_key(++seq), codec::encode_event(stored)));
+        step(batch.Put(db_events(), codec::event_key(++seq), codec::encode_event(stored)));
       }
       step(batch.Put(codec::event_seq_key(), codec::encode_event_seq(seq)));
       if (first == 0) first = seq - change.events.size() + 1;
@@ -449,7 +533,7 @@ class rocks_index final : public index {
         // at the first possible key rather than at `first`, so nothing older
         // can be left behind whatever happened before.
         first = seq - retention_ + 1;
-        step(batch.DeleteRange(codec::events_begin(), codec::event_key(first)));
+        step(batch.DeleteRange(db_events(), codec::events_begin(), codec::event_key(first)));
       }
     }
     if (!s.ok()) return fail(log_, "building the write batch for job " + uuid, s);
@@ -462,7 +546,7 @@ class rocks_index final : public index {
         return fail(log_, "writing a change to job " + uuid + ": the index is not open for writing",
                     errc::io_error);
       }
-      s = db_->Write(rocksdb::WriteOptions(), &batch);
+      s = db_.db->Write(rocksdb::WriteOptions(), &batch);
     }
     if (!s.ok()) return write_failed("writing a change to job " + uuid, s);
     last_seq_.store(seq);
@@ -480,7 +564,7 @@ class rocks_index final : public index {
     }
     const std::string prefix = codec::checkpoint_prefix(job_uuid);
     std::vector<checkpoint> out;
-    auto scanned = scan(prefix, codec::checkpoint_prefix_end(job_uuid),
+    auto scanned = scan(family::main, prefix, codec::checkpoint_prefix_end(job_uuid),
                         [&](std::string_view key, std::string_view value) -> result<void> {
                           auto path = codec::path_from_key(key, prefix);
                           if (!path) return path.error();
@@ -503,7 +587,7 @@ class rocks_index final : public index {
     {
       const std::shared_lock lock(db_mutex_);
       if (!db_) return not_open();
-      s = db_->Get(rocksdb::ReadOptions(), key, &value);
+      s = db_.db->Get(rocksdb::ReadOptions(), key, &value);
     }
     if (s.IsNotFound()) return std::optional<job>();
     if (!s.ok()) return fail(log_, "reading job " + std::string(job_uuid), s);
@@ -514,7 +598,7 @@ class rocks_index final : public index {
 
   result<std::vector<job>> jobs() const override {
     std::vector<job> out;
-    auto scanned = scan(codec::jobs_begin(), codec::jobs_end(),
+    auto scanned = scan(family::main, codec::jobs_begin(), codec::jobs_end(),
                         [&](std::string_view key, std::string_view value) -> result<void> {
                           auto uuid = codec::job_uuid_from_key(key);
                           if (!uuid) return uuid.error();
@@ -539,7 +623,7 @@ class rocks_index final : public index {
         return fail(log_, "syncing the index WAL: the index is not open for writing",
                     errc::io_error);
       }
-      s = db_->FlushWAL(/*sync=*/true);
+      s = db_.db->FlushWAL(/*sync=*/true);
     }
     if (!s.ok()) return write_failed("syncing the index WAL", s);
     return {};
@@ -551,7 +635,7 @@ class rocks_index final : public index {
     // Reserve for a typical page, not for whatever limit a caller passes.
     out.reserve(std::min<std::size_t>(limit, 256));
     auto scanned = scan(
-        codec::event_key(seq + 1), codec::events_end(),
+        family::events, codec::event_key(seq + 1), codec::events_end(),
         [&](std::string_view key, std::string_view value) -> result<void> {
           auto found = codec::seq_from_event_key(key);
           if (!found) return found.error();
@@ -636,17 +720,15 @@ class rocks_index final : public index {
 
     rocksdb::Options options = options_;
     options.create_if_missing = false;
-    rocksdb::DB* raw = nullptr;
     auto* logger = dynamic_cast<sink_logger*>(options_.info_log.get());
     if (logger != nullptr) logger->set_muted(reopen_failure_logged_);
-    const rocksdb::Status opened = rocksdb::DB::Open(options, dir_, &raw);
+    const rocksdb::Status opened = open_database(options, dir_, /*read_only=*/false, db_);
     if (logger != nullptr) logger->set_muted(false);
     if (opened.ok()) {
-      db_.reset(raw);
       mode_ = db_mode::read_write;
       // Seqs come from the database again, as at open: the failed write may
       // have reached the WAL after all. They never go back, though.
-      auto events = read_event_range(*db_, dir_, log_);
+      auto events = read_event_range(db_, dir_, log_);
       if (!events) return events.error();  // still needs_reopen_: try again next time
       last_seq_.store(std::max(last_seq_.load(), events->last));
       first_seq_.store(events->first);
@@ -665,9 +747,8 @@ class rocks_index final : public index {
                      " while reopening; it stays closed");
       return ec;
     }
-    const rocksdb::Status read_only = rocksdb::DB::OpenForReadOnly(options, dir_, &raw);
+    const rocksdb::Status read_only = open_database(options, dir_, /*read_only=*/true, db_);
     if (read_only.ok()) {
-      db_.reset(raw);
       mode_ = db_mode::read_only;
     } else {
       std::ignore = fail(log_, "cannot reopen index " + dir_ + " read-only either", read_only);
@@ -684,13 +765,18 @@ class rocks_index final : public index {
       // read-only schema check, then the real open), which took a third of
       // a restart's CPU with 10,000 checkpoints. The WAL is synced first, so
       // a failed flush loses nothing.
-      if (const auto s = db_->FlushWAL(/*sync=*/true); !s.ok()) {
+      if (const auto s = db_.db->FlushWAL(/*sync=*/true); !s.ok()) {
         emit(log_, "syncing the index WAL at close: " + s.ToString());
-      } else if (const auto f = db_->Flush(rocksdb::FlushOptions()); !f.ok()) {
-        emit(log_, "writing the index memtable at close: " + f.ToString());
+      } else if (const auto f = db_.db->Flush(rocksdb::FlushOptions(),
+                                              {db_.main.get(), db_.events.get()});
+                 !f.ok()) {
+        emit(log_, "writing the index memtables at close: " + f.ToString());
       }
     }
-    if (const auto s = db_->Close(); !s.ok()) {
+    // The handles go before the database closes, as RocksDB requires.
+    db_.main.reset();
+    db_.events.reset();
+    if (const auto s = db_.db->Close(); !s.ok()) {
       emit(log_, "closing the index: " + s.ToString());
     }
     db_.reset();
@@ -702,19 +788,26 @@ class rocks_index final : public index {
                 errc::io_error);
   }
 
-  // Visits every key in [begin, end) in order, at most `limit` of them; stops
-  // at the first error. A record that does not decode is reported with its
-  // key.
+  enum class family { main, events };
+
+  // The event family's handle, for a batch built under write_mutex_ (which
+  // keeps the database from being swapped meanwhile).
+  [[nodiscard]] rocksdb::ColumnFamilyHandle* db_events() const { return db_.events.get(); }
+
+  // Visits every key of `in` in [begin, end) in order, at most `limit` of
+  // them; stops at the first error. A record that does not decode is
+  // reported with its key.
   template <class Visit>
   [[nodiscard]] result<void> scan(
-      const std::string& begin, const std::string& end, Visit&& visit,
+      family in, const std::string& begin, const std::string& end, Visit&& visit,
       std::size_t limit = std::numeric_limits<std::size_t>::max()) const {
     const rocksdb::Slice upper(end);
     rocksdb::ReadOptions options;
     options.iterate_upper_bound = &upper;  // must outlive the iterator
     const std::shared_lock lock(db_mutex_);
     if (!db_) return not_open();
-    const std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(options));
+    const std::unique_ptr<rocksdb::Iterator> it(db_.db->NewIterator(
+        options, in == family::events ? db_.events.get() : db_.main.get()));
     std::size_t visited = 0;
     for (it->Seek(begin); it->Valid() && visited < limit; it->Next(), ++visited) {
       const std::string_view key = it->key().ToStringView();
@@ -751,7 +844,7 @@ class rocks_index final : public index {
 
   // Shared by every RocksDB call, exclusive while the database is swapped.
   mutable std::shared_mutex db_mutex_;
-  std::unique_ptr<rocksdb::DB> db_;
+  database db_;
   db_mode mode_ = db_mode::read_write;
 };
 
@@ -793,7 +886,7 @@ result<std::unique_ptr<index>> index::open(const fs::path& dir, log_sink log, op
   }
   const rocksdb::Options base = make_options(std::make_shared<sink_logger>(log));
 
-  bool write_schema = !exists;
+  std::uint32_t found_version = 0;  // none: a new index, or an empty one to adopt
   if (exists) {
     if (const auto pid = lock_holder(dir / "LOCK")) {
       return fail(log, "index " + name + " is locked by process " + std::to_string(*pid),
@@ -801,27 +894,29 @@ result<std::unique_ptr<index>> index::open(const fs::path& dir, log_sink log, op
     }
     auto state = check_schema(name, base, log);
     if (!state) return state.error();
-    if (*state == schema_state::empty_no_key) {
+    found_version = state->version;
+    if (found_version == 0) {
       emit(log, "index " + name + " is empty and has no schema key; adopting it");
-      write_schema = true;
     }
   }
 
   rocksdb::Options options = base;
   options.create_if_missing = !exists;
-  rocksdb::DB* raw = nullptr;
-  const rocksdb::Status opened = rocksdb::DB::Open(options, name, &raw);
+  database db;
+  const rocksdb::Status opened = open_database(options, name, /*read_only=*/false, db);
   if (!opened.ok()) return fail(log, "cannot open index " + name, opened);
-  std::unique_ptr<rocksdb::DB> db(raw);
 
-  if (write_schema) {
+  if (found_version < schema_version) {
+    if (found_version == 1) {
+      if (auto moved = move_events_to_their_family(db, name, log); !moved) return moved.error();
+    }
     rocksdb::WriteOptions durable;
     durable.sync = true;  // the schema key is what makes the folder ckptd's
     const rocksdb::Status put =
-        db->Put(durable, codec::schema_key(), codec::encode_schema(schema_version));
+        db.db->Put(durable, codec::schema_key(), codec::encode_schema(schema_version));
     if (!put.ok()) return fail(log, "cannot write the schema version of index " + name, put);
   }
-  auto events = read_event_range(*db, name, log);
+  auto events = read_event_range(db, name, log);
   if (!events) return events.error();
   return std::unique_ptr<index>(std::make_unique<rocks_index>(
       std::move(*claim), name, base, std::move(db), std::move(log), opts, *events));

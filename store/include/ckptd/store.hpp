@@ -123,8 +123,9 @@ enum class errc {
 
 class index {
  public:
-  // The layout version this build reads and writes.
-  static constexpr std::uint32_t schema_version = 1;
+  // The layout version this build reads and writes. 2: the event log has a
+  // column family of its own; open() moves the events of a version 1 index.
+  static constexpr std::uint32_t schema_version = 2;
 
   // Receives RocksDB's own warnings and the causes behind returned errors,
   // one line each. RocksDB's info LOG file is never written: on a full volume
