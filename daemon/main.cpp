@@ -257,9 +257,13 @@ int run(daemon::settings s, int argc, char** argv) {
   // from /readyz come only once every job reconciled is published.
   cb.on_reconciled = [&] {
     pub.after_changes([&] {
-      // The first scan's listings, reads and decoded records are freed by
-      // now, but glibc keeps the pages in its arenas (one per thread that
-      // allocated): hand them back, ~2 MB after indexing a large tree.
+      // The index's memtables are written out, which frees them (up to a
+      // few MB after a large tree). The first scan's listings, reads and
+      // decoded records are freed by now too, but glibc keeps the pages in
+      // its arenas (one per thread that allocated): hand them all back.
+      if (auto written = index.write_out(); !written) {
+        log::warning("cannot write the index memtables out: ", written.error().message());
+      }
       ::malloc_trim(0);
       reconciled = true;
       server.set_ready(index.healthy());

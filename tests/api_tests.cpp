@@ -683,6 +683,7 @@ class gated_index final : public store::index {
   boost::system::result<std::uint64_t> apply(const store::job_change& change) override {
     return real_.apply(change);
   }
+  boost::system::result<void> write_out() override { return real_.write_out(); }
   boost::system::result<std::vector<store::checkpoint>> checkpoints(
       std::string_view job_uuid) const override {
     if (fail_reads) return store::make_error_code(store::errc::io_error);

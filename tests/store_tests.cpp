@@ -803,6 +803,37 @@ BOOST_FIXTURE_TEST_CASE(fresh_folder_is_created_empty_without_a_log_file, db_fix
   BOOST_TEST(value == codec::encode_schema(store::index::schema_version));
 }
 
+// write_out() leaves nothing in the memtables: checkpoints and events are in
+// table files (the WAL is empty), and everything reads back.
+BOOST_FIXTURE_TEST_CASE(write_out_moves_everything_to_table_files, db_fixture) {
+  const auto count_files = [&](std::string_view extension) {
+    std::uintmax_t bytes = 0;
+    std::size_t files = 0;
+    for (const auto& entry : fs::directory_iterator(dir)) {
+      if (entry.path().extension() != extension) continue;
+      ++files;
+      bytes += entry.file_size();
+    }
+    return std::pair{files, bytes};
+  };
+  auto idx = open();
+  for (int n = 0; n < 50; ++n) BOOST_TEST_REQUIRE(idx->apply(created("j", n)).has_value());
+  BOOST_TEST(count_files(".sst").first == 0u);  // all still in the memtables
+  BOOST_TEST_REQUIRE(idx->write_out().has_value());
+  BOOST_TEST(count_files(".sst").first == 2u);  // one per column family
+  BOOST_TEST(count_files(".log").second == 0u);  // the WAL holds nothing more
+  auto got = idx->checkpoints("j");
+  BOOST_TEST_REQUIRE(got.has_value());
+  BOOST_TEST(got->size() == 50u);
+  auto events = idx->events_after(0, 100);
+  BOOST_TEST_REQUIRE(events.has_value());
+  BOOST_TEST(events->size() == 50u);
+  BOOST_TEST_REQUIRE(idx->apply(created("j", 50)).has_value());
+  idx.reset();
+  auto again = open();
+  BOOST_TEST(again->last_event_seq() == 51u);
+}
+
 BOOST_FIXTURE_TEST_CASE(every_field_survives_a_reopen, db_fixture) {
   const auto full = full_checkpoint();
   auto bare = make_checkpoint("/train/j/ckpt-bare", -5);

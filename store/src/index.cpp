@@ -629,6 +629,24 @@ class rocks_index final : public index {
     return {};
   }
 
+  result<void> write_out() override {
+    const std::lock_guard write(write_mutex_);
+    if (needs_reopen_) {
+      if (auto reopened = reopen_locked(); !reopened) return reopened.error();
+    }
+    rocksdb::Status s;
+    {
+      const std::shared_lock lock(db_mutex_);
+      if (mode_ != db_mode::read_write) {
+        return fail(log_, "writing the index memtables out: the index is not open for writing",
+                    errc::io_error);
+      }
+      s = db_.db->Flush(rocksdb::FlushOptions(), {db_.main.get(), db_.events.get()});
+    }
+    if (!s.ok()) return write_failed("writing the index memtables out", s);
+    return {};
+  }
+
   result<std::vector<event>> events_after(std::uint64_t seq, std::size_t limit) const override {
     std::vector<event> out;
     if (limit == 0 || seq == std::numeric_limits<std::uint64_t>::max()) return out;

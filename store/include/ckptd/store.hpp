@@ -208,6 +208,13 @@ class index {
   // Errors: io_error.
   [[nodiscard]] virtual boost::system::result<void> flush() = 0;
 
+  // Writes what the memtables hold out to table files, which frees their
+  // memory (a few MB): for after a burst of writes, such as the first scan,
+  // so that an idle daemon does not keep it. Like flush(), it makes
+  // everything applied so far durable, and reopens after a failed write.
+  // Errors: io_error.
+  [[nodiscard]] virtual boost::system::result<void> write_out() = 0;
+
   // Up to `limit` events with seq greater than `seq`, ascending, from one
   // range scan. Pass 0 to read from the oldest retained event, and then the
   // last seq received to page on. An empty vector means nothing newer.
