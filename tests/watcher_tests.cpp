@@ -2578,6 +2578,11 @@ BOOST_AUTO_TEST_CASE(trainer_state_reads_as_its_document_tree_would) {
       R"({"log_history": [{"step": 5, "loss": Infinity, "eval_loss": -Infinity}]})",
       R"({"a": "NaN inside a string", "global_step": 1, "log_history": []})",
       R"({"key with \"quotes\" and \u0041": 1, "global_step": 2})",
+      // Keys known only once unescaped, a key that starts with an escape, and
+      // escaped keys where nothing is read before a key that is.
+      R"({"glob\u0061l_step": 7, "\u0065poch": 2, "log_histor\u0079": [{"st\u0065p": 1, "\u006coss": 3, "eval_los\u0073": 4}]})",
+      R"({"a\nb": {"c\u0064": 1, "\u0067lobal_step": 9}, "global_step": 3, "log_history": [{"x\ty": 1, "step": 2}]})",
+      R"({"global_steps": 1, "global_ste": 2, "Epoch": 3, "log_history ": [], "log_history": [{"steps": 1, "los": 2, "eval_loss_": 3, "step": 4}]})",
       R"([{"global_step": 1}])",
       R"("global_step")",
       "42",
