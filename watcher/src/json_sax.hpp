@@ -1,7 +1,8 @@
 #pragma once
 // What the watcher's boost::json::basic_parser handlers share: they read a
 // few values while a file is parsed, instead of building its document tree
-// (trainer_state.json in trainer_state.cpp).
+// (trainer_state.json in trainer_state.cpp, safetensors headers in
+// formats.cpp).
 
 #include <boost/json/basic_parser_impl.hpp>
 #include <boost/json/string_view.hpp>
