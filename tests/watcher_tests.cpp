@@ -20,11 +20,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <future>
+#include <limits>
 #include <map>
+#include <random>
 #include <set>
 #include <thread>
+#include <variant>
 
 namespace tt = boost::test_tools;
 namespace fs = std::filesystem;
@@ -282,6 +284,13 @@ BOOST_AUTO_TEST_CASE(choose_layout_manifest_beats_names) {
 // ---------------------------------------------------------------------------
 // Format checks
 
+// A safetensors file of this JSON header and `data_bytes` zero bytes of data.
+std::string safetensors_with_header(std::string_view json, std::size_t data_bytes) {
+  std::string out;
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((json.size() >> (8 * i)) & 0xFF));
+  return out.append(json).append(data_bytes, '\0');
+}
+
 BOOST_AUTO_TEST_CASE(safetensors_size_rule) {
   const std::string good = t::safetensors_bytes(3, 5);
   {
@@ -318,28 +327,24 @@ BOOST_AUTO_TEST_CASE(safetensors_size_rule) {
              std::string::npos);
   BOOST_TEST(huge.bytes_read() <= good.size());
 
-  const auto with_header = [](const std::string& json, std::size_t data_bytes) {
-    std::string out;
-    for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((json.size() >> (8 * i)) & 0xFF));
-    return out + json + std::string(data_bytes, '\0');
-  };
   const auto problem_of = [](std::string bytes) {
     memory_view v("c");
     v.add("x.safetensors", std::move(bytes));
     return w::safetensors_problem(v, v.files()[0]);
   };
-  BOOST_TEST(problem_of(with_header(R"({"__metadata__":{"a":"b"}})", 0)).empty());
-  BOOST_TEST(problem_of(with_header(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8))
+  BOOST_TEST(problem_of(safetensors_with_header(R"({"__metadata__":{"a":"b"}})", 0)).empty());
+  BOOST_TEST(problem_of(safetensors_with_header(
+                            R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8))
                  .empty());
-  BOOST_TEST(
-      !problem_of(with_header(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 7))
-           .empty());
-  BOOST_TEST(!problem_of(with_header(R"({"t":{"data_offsets":[8,0]}})", 8)).empty());
-  BOOST_TEST(!problem_of(with_header(R"({"t":{"data_offsets":[0]}})", 8)).empty());
-  BOOST_TEST(!problem_of(with_header(R"({"t":{"data_offsets":"0-8"}})", 8)).empty());
-  BOOST_TEST(!problem_of(with_header(R"({"t":{"data_offsets":[-1,8]}})", 9)).empty());
-  BOOST_TEST(!problem_of(with_header(R"([1,2])", 0)).empty());
-  BOOST_TEST(!problem_of(with_header(R"({"t":)", 0)).empty());
+  BOOST_TEST(!problem_of(safetensors_with_header(
+                             R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 7))
+                  .empty());
+  BOOST_TEST(!problem_of(safetensors_with_header(R"({"t":{"data_offsets":[8,0]}})", 8)).empty());
+  BOOST_TEST(!problem_of(safetensors_with_header(R"({"t":{"data_offsets":[0]}})", 8)).empty());
+  BOOST_TEST(!problem_of(safetensors_with_header(R"({"t":{"data_offsets":"0-8"}})", 8)).empty());
+  BOOST_TEST(!problem_of(safetensors_with_header(R"({"t":{"data_offsets":[-1,8]}})", 9)).empty());
+  BOOST_TEST(!problem_of(safetensors_with_header(R"([1,2])", 0)).empty());
+  BOOST_TEST(!problem_of(safetensors_with_header(R"({"t":)", 0)).empty());
 }
 
 BOOST_AUTO_TEST_CASE(zip_end_record) {
@@ -2578,6 +2583,11 @@ BOOST_AUTO_TEST_CASE(trainer_state_reads_as_its_document_tree_would) {
       R"({"log_history": [{"step": 5, "loss": Infinity, "eval_loss": -Infinity}]})",
       R"({"a": "NaN inside a string", "global_step": 1, "log_history": []})",
       R"({"key with \"quotes\" and \u0041": 1, "global_step": 2})",
+      // Keys known only once unescaped, a key that starts with an escape, and
+      // escaped keys where nothing is read before a key that is.
+      R"({"glob\u0061l_step": 7, "\u0065poch": 2, "log_histor\u0079": [{"st\u0065p": 1, "\u006coss": 3, "eval_los\u0073": 4}]})",
+      R"({"a\nb": {"c\u0064": 1, "\u0067lobal_step": 9}, "global_step": 3, "log_history": [{"x\ty": 1, "step": 2}]})",
+      R"({"global_steps": 1, "global_ste": 2, "Epoch": 3, "log_history ": [], "log_history": [{"steps": 1, "los": 2, "eval_loss_": 3, "step": 4}]})",
       R"([{"global_step": 1}])",
       R"("global_step")",
       "42",
@@ -2609,6 +2619,184 @@ BOOST_AUTO_TEST_CASE(trainer_state_reads_as_its_document_tree_would) {
       check_same_reading(damaged);
     }
   }
+}
+
+// ---- safetensors headers read without a document tree ---------------------
+
+// What safetensors_problem made of a header when it parsed it into boost::json
+// values: the problem (after "<file>: "), or else the largest data_offsets
+// end. The checks around it (the length field, the file's size) are unchanged.
+std::variant<std::string, std::uint64_t> header_through_values(std::string_view header) {
+  w::json_arena arena;
+  boost::system::error_code ec;
+  const auto root = boost::json::parse(header, ec, arena.storage());
+  const auto* tensors = ec ? nullptr : root.if_object();
+  if (!tensors) return std::string("header is not a JSON object");
+  std::uint64_t data_end = 0;
+  for (const auto& entry : *tensors) {
+    if (entry.key() == "__metadata__") continue;
+    const auto* tensor = entry.value().if_object();
+    const auto* offsets_value = tensor ? tensor->if_contains("data_offsets") : nullptr;
+    const auto* offsets = offsets_value ? offsets_value->if_array() : nullptr;
+    const auto bad = [&] {
+      return "tensor \"" + std::string(entry.key()) + "\" has no valid data_offsets";
+    };
+    if (!offsets || offsets->size() != 2) return bad();
+    const auto begin = w::json_integer((*offsets)[0]);
+    const auto end = w::json_integer((*offsets)[1]);
+    if (!begin || !end || *begin < 0 || *end < *begin) return bad();
+    data_end = std::max(data_end, static_cast<std::uint64_t>(*end));
+  }
+  return data_end;
+}
+
+// safetensors_problem agrees with the tree on `header` (2 bytes or more): the
+// same problem, or a file of exactly the size the tree's data_end gives is
+// whole and one byte more is not.
+void check_same_header_verdict(std::string_view header) {
+  const std::string file = "x.safetensors";
+  const auto problem_at_size = [&](std::uint64_t size) {
+    memory_view v("c");
+    v.add_sized(file, size, safetensors_with_header(header, 0));
+    return w::safetensors_problem(v, v.files()[0]);
+  };
+  const std::uint64_t whole_header = 8 + header.size();
+  const auto tree = header_through_values(header);
+  BOOST_TEST_CONTEXT("header: " << header.substr(0, 200)) {
+    if (const auto* problem = std::get_if<std::string>(&tree)) {
+      BOOST_TEST(problem_at_size(whole_header) == file + ": " + *problem);
+      return;
+    }
+    const std::uint64_t data_end = std::get<std::uint64_t>(tree);
+    if (data_end > std::numeric_limits<std::uint64_t>::max() - whole_header) {
+      BOOST_TEST(problem_at_size(whole_header) == file + ": data_offsets are implausible");
+      return;
+    }
+    const std::uint64_t size = whole_header + data_end;
+    BOOST_TEST(problem_at_size(size).empty());
+    if (size < std::numeric_limits<std::uint64_t>::max()) {
+      BOOST_TEST(problem_at_size(size + 1) == file + ": " + std::to_string(size + 1) +
+                                                  " bytes, header promises only " +
+                                                  std::to_string(size));
+    }
+  }
+}
+
+std::string header_of(const std::string& safetensors_file) {
+  std::uint64_t length = 0;
+  for (int i = 0; i < 8; ++i) {
+    length |= std::uint64_t{static_cast<unsigned char>(safetensors_file[i])} << (8 * i);
+  }
+  return safetensors_file.substr(8, length);
+}
+
+BOOST_AUTO_TEST_CASE(safetensors_header_reads_as_its_document_tree_would) {
+  const std::vector<std::string> cases{
+      "{}",
+      R"({"__metadata__": {"format": "pt"}})",
+      R"({"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})",
+      R"({"a": {"data_offsets": [0, 8]}, "b": {"data_offsets": [8, 24]}, "c": {"data_offsets": [4, 6]}})",
+      R"({"t": {"data_offsets": [0, 0]}})",
+      R"({"t": {"data_offsets": [8, 0]}})",
+      R"({"t": {"data_offsets": [0]}})",
+      R"({"t": {"data_offsets": []}})",
+      R"({"t": {"data_offsets": [0, 8, 16]}})",
+      R"({"t": {"data_offsets": "0-8"}})",
+      R"({"t": {"data_offsets": {"0": 8}}})",
+      R"({"t": {"data_offsets": null}})",
+      R"({"t": {"data_offsets": [-1, 8]}})",
+      R"({"t": {"data_offsets": [0, -1]}})",
+      R"({"t": {"data_offsets": [-0, 0]}})",
+      R"({"t": {"data_offsets": [0.0, 8]}})",
+      R"({"t": {"data_offsets": [0, 8.0]}})",
+      R"({"t": {"data_offsets": [0, 1e3]}})",
+      R"({"t": {"data_offsets": [0, 9223372036854775807]}})",
+      R"({"t": {"data_offsets": [0, 9223372036854775808]}})",  // uint64, not int64
+      R"({"t": {"data_offsets": [0, 18446744073709551615]}})",
+      R"({"t": {"data_offsets": [true, 8]}})",
+      R"({"t": {"data_offsets": [null, 8]}})",
+      R"({"t": {"data_offsets": ["0", 8]}})",
+      R"({"t": {"data_offsets": [[0], 8]}})",
+      R"({"t": {"data_offsets": [0, [8]]}})",
+      R"({"t": {"data_offsets": [0, {"end": 8}]}})",
+      R"({"t": {"data_offsets": [0, 8, [1, 2]]}})",
+      R"({"t": {"data_offsets": [[0, 8]]}})",
+      R"({"t": [0, 8]})",
+      R"({"t": 5})",
+      R"({"t": null})",
+      R"({"t": {}})",
+      R"({"t": {"x": {"data_offsets": [0, 100]}, "data_offsets": [0, 8]}})",
+      R"({"t": {"x": {"data_offsets": [0, 100]}}})",
+      R"({"t": {"x": [[0, 8]], "y": [{"data_offsets": 1}], "data_offsets": [0, 8]}})",
+      // The last of duplicate keys wins, in the place of the first.
+      R"({"t": {"data_offsets": [0, 8], "data_offsets": [0, 4]}})",
+      R"({"t": {"data_offsets": [0, 8], "data_offsets": 1}})",
+      R"({"t": {"data_offsets": 1, "data_offsets": [0, 8]}})",
+      R"({"t": {"data_offsets": [0, 8]}, "t": {"data_offsets": [0, 4]}})",
+      R"({"t": {"data_offsets": [0, 8]}, "t": 1})",
+      R"({"t": 1, "t": {"data_offsets": [0, 8]}})",
+      R"({"a": {"data_offsets": [0, 8]}, "b": 1, "a": 2})",
+      R"({"b": 1, "a": {"data_offsets": [0, 8]}, "b": {"data_offsets": [0, 2]}})",
+      R"({"a": 1, "b": 2, "a": 3, "b": {"data_offsets": [0, 2]}, "a": {"data_offsets": [0, 9]}})",
+      R"({"b": 1, "a": 2, "c": {"data_offsets": [0, 2]}, "a": {"data_offsets": [0, 9]}, "b": 4})",
+      // Escapes: names are compared and reported unescaped.
+      R"({"\u0074": {"data_offsets": [0, 8]}, "t": 1})",
+      R"({"t\"q": 1})",
+      R"({"\u00e9t\u00e9": {"data_offsets": [0]}})",
+      R"({"t": {"data_\u006ffsets": [0, 8]}})",
+      R"({"__meta\u0064ata__": {"data_offsets": 1}, "t": {"data_offsets": [0, 2]}})",
+      R"({"__metadata__": 5, "__metadata__": [1], "t": {"data_offsets": [0, 8]}})",
+      R"({"__metadata__": {"data_offsets": [0, 99]}})",
+      R"({"": {"data_offsets": [0, 3]}})",
+      // Not a JSON object, or not JSON.
+      R"([{"t": {"data_offsets": [0, 8]}}])",
+      R"("t")",
+      "42",
+      "null",
+      "{ ",
+      R"({"t": })",
+      R"({"t": {"data_offsets": [0, 8]}},)",
+      R"({"t": {"data_offsets": [0, 8]}} x)",
+      R"({"t": {"data_offsets": [0, 8]}}{})",
+      R"({"t": {"data_offsets": [0, 8]}}     )",
+      "{\"t\": {\"data_offsets\": [0, 8]}}  \n\t",
+      R"({/* a comment */ "t": {"data_offsets": [0, 8]}})",
+      R"({"t": {"data_offsets": [0, 8],}})",
+      R"({"t": {"data_offsets": [NaN, 8]}})",
+      R"({"t": {"data_offsets": [0, 08]}})",
+      "{\"t\xff\": {\"data_offsets\": [0, 8]}}",  // not UTF-8
+      R"({"t": {"x": )" + std::string(40, '[') + std::string(40, ']') + "}}",
+      R"({"t": {"x": )" + std::string(28, '[') + std::string(28, ']') +
+          R"(, "data_offsets": [0, 8]}})",
+  };
+  for (const auto& header : cases) check_same_header_verdict(header);
+
+  // Every truncation and random damage of a few real headers.
+  const std::vector<std::string> headers{
+      header_of(t::safetensors_bytes(3, 5)),
+      header_of(t::safetensors_bytes(1, 1)),
+      R"({"__metadata__":{"format":"pt","n\u00e9":"\u0041"},"b":{"dtype":"F16","shape":[2,3],"data_offsets":[12,24]},"a\"b":{"dtype":"F16","shape":[6],"data_offsets":[0,12]}})",
+  };
+  std::mt19937 random(1677);
+  constexpr std::string_view damage = "\"{}[],:-0123456789.eEtn\\u x\x01\xc3";
+  for (const auto& header : headers) {
+    check_same_header_verdict(header);
+    for (std::size_t n = 2; n < header.size(); ++n) check_same_header_verdict(header.substr(0, n));
+    for (int round = 0; round < 3000; ++round) {
+      std::string damaged = header;
+      const int bytes = 1 + static_cast<int>(random() % 3);
+      for (int b = 0; b < bytes; ++b) {
+        damaged[random() % damaged.size()] = damage[random() % damage.size()];
+      }
+      check_same_header_verdict(damaged);
+    }
+  }
+
+  // A model's header, past the first 64 KiB read; and every 97th truncation.
+  const std::string large = header_of(t::safetensors_bytes(1500, 1));
+  BOOST_TEST_REQUIRE(large.size() > 64u * 1024);
+  check_same_header_verdict(large);
+  for (std::size_t n = 2; n < large.size(); n += 97) check_same_header_verdict(large.substr(0, n));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -35,6 +35,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <filesystem>
 #include <utility>
 
 namespace ckptd::watcher {
@@ -141,8 +142,8 @@ int open_below_fd(int base_fd, std::string_view rel, bool want_file) {
 }
 
 // As open_below_fd, below the folder at the path `base`.
-int open_below(const std::filesystem::path& base, std::string_view rel, bool want_file) {
-  const int base_fd = open_retrying(AT_FDCWD, base.c_str(), open_dir_flags);
+int open_below(const char* base, std::string_view rel, bool want_file) {
+  const int base_fd = open_retrying(AT_FDCWD, base, open_dir_flags);
   if (base_fd < 0) return -1;
   const fd_guard guard(base_fd);
   return open_below_fd(base_fd, rel, want_file);
@@ -195,9 +196,20 @@ std::optional<std::string> read_range(int fd, std::uint64_t offset, std::uint64_
   return out;
 }
 
+// The last component of `path`, where "a/b/" names b, like "a/b": what
+// std::filesystem::path's filename() (or its parent's, after a trailing '/')
+// gives, without splitting the whole path into components.
+std::string_view last_component(std::string_view path) {
+  const auto end = path.find_last_not_of('/');
+  if (end == std::string_view::npos) return {};  // "", "/"
+  path = path.substr(0, end + 1);
+  const auto slash = path.rfind('/');
+  return slash == std::string_view::npos ? path : path.substr(slash + 1);
+}
+
 class disk_view final : public candidate_view {
  public:
-  disk_view(std::filesystem::path path, std::string name, bool is_dir)
+  disk_view(std::string path, std::string name, bool is_dir)
       : path_(std::move(path)), name_(std::move(name)), is_dir_(is_dir) {}
 
   std::string_view name() const override { return name_; }
@@ -221,7 +233,7 @@ class disk_view final : public candidate_view {
   std::optional<std::string> read_sibling(std::string_view name,
                                           std::uint64_t max_bytes) const override {
     if (!is_plain_name(name)) return std::nullopt;
-    const int fd = open_below(*base_of(0), name, /*want_file=*/true);
+    const int fd = open_below(base_of(0)->c_str(), name, /*want_file=*/true);
     if (fd < 0) return std::nullopt;
     // One byte more than allowed tells a file that is too large.
     auto text = read_range(fd, 0, max_bytes + 1, std::nullopt);
@@ -231,7 +243,7 @@ class disk_view final : public candidate_view {
 
   bool sibling_exists(std::string_view name) const override {
     if (!is_plain_name(name)) return false;
-    const int dir = open_below(*base_of(0), "", /*want_file=*/false);
+    const int dir = open_below(base_of(0)->c_str(), "", /*want_file=*/false);
     if (dir < 0) return false;
     const fd_guard guard(dir);
     struct stat st {};
@@ -242,7 +254,7 @@ class disk_view final : public candidate_view {
                                          std::uint64_t length) const override {
     const auto base = base_of(up);
     if (!base || rel.empty()) return std::nullopt;
-    const int fd = open_below(*base, rel, /*want_file=*/true);
+    const int fd = open_below(base->c_str(), rel, /*want_file=*/true);
     if (fd < 0) return std::nullopt;
     return read_range(fd, offset, length, std::nullopt);
   }
@@ -251,7 +263,7 @@ class disk_view final : public candidate_view {
     std::vector<file_info> out;
     const auto base = base_of(up);
     if (!base) return out;
-    const int fd = open_below(*base, rel, /*want_file=*/false);
+    const int fd = open_below(base->c_str(), rel, /*want_file=*/false);
     if (fd < 0) return out;
     // O_PATH descriptors cannot be listed: reopen the folder itself.
     const int dir_fd = open_retrying(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -308,7 +320,7 @@ class disk_view final : public candidate_view {
         if (files_.size() >= max_entries) {
           if (!truncated_) {
             truncated_ = true;
-            log::warning("more than ", max_entries, " entries under ", path_.string(),
+            log::warning("more than ", max_entries, " entries under ", path_,
                          "; looking at the first ", max_entries, " only");
           }
           break;
@@ -351,7 +363,7 @@ class disk_view final : public candidate_view {
   // Opens the file at `rel` inside the candidate folder, relative to its
   // open stream (by path only when the folder could not be listed).
   int open_in_self(std::string_view rel) const {
-    if (self_fd_ < 0) return open_below(path_, rel, /*want_file=*/true);
+    if (self_fd_ < 0) return open_below(path_.c_str(), rel, /*want_file=*/true);
     return open_below_fd(self_fd_, rel, /*want_file=*/true);
   }
 
@@ -375,7 +387,7 @@ class disk_view final : public candidate_view {
     return grandparent;
   }
 
-  std::filesystem::path path_;
+  std::string path_;  // as the engine gave it: base_of() alone parses it
   std::string name_;
   bool is_dir_;
   std::vector<file_info> files_;
@@ -385,10 +397,8 @@ class disk_view final : public candidate_view {
 
 }  // namespace
 
-std::unique_ptr<candidate_view> view_from_disk(const std::filesystem::path& path, int max_depth) {
-  // "a/b/" names b, like "a/b".
-  auto name = path.filename().string();
-  if (name.empty()) name = path.parent_path().filename().string();
+std::unique_ptr<candidate_view> view_from_disk(std::string path, int max_depth) {
+  std::string name(last_component(path));
 
   // Most candidates are folders: open one straight away (O_DIRECTORY and
   // O_NOFOLLOW refuse files and symlinks), and lstat only what is not one.
@@ -399,11 +409,11 @@ std::unique_ptr<candidate_view> view_from_disk(const std::filesystem::path& path
     struct stat st {};
     // Symlinks and special files are never candidates.
     if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return nullptr;
-    auto view = std::make_unique<disk_view>(path, std::move(name), false);
+    auto view = std::make_unique<disk_view>(std::move(path), std::move(name), false);
     view->set_self(st);
     return view;
   }
-  auto view = std::make_unique<disk_view>(path, std::move(name), true);
+  auto view = std::make_unique<disk_view>(std::move(path), std::move(name), true);
   view->list(fd, std::clamp(max_depth, 1, max_depth_limit));
   return view;
 }

@@ -1,17 +1,25 @@
 #include "formats.hpp"
 
+#include "json_sax.hpp"
+
 #include <boost/json/parse.hpp>
 
 #include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <limits>
 #include <set>
+#include <tuple>
 
 namespace ckptd::watcher {
 
 namespace {
+
+namespace json = boost::json;
+using boost::system::error_code;
 
 constexpr std::string_view zip_end_signature = "PK\x05\x06";
 constexpr std::string_view zip64_locator_signature = "PK\x06\x07";
@@ -87,6 +95,162 @@ bool is_safe_relative(std::string_view rel) {
     start = end + 1;
   }
   return true;
+}
+
+// One root entry of a safetensors header other than __metadata__: whether
+// its value is an object whose data_offsets is an array of two integers
+// 0 <= begin <= end (fitting int64), and that end.
+struct header_tensor {
+  std::string_view name;
+  std::uint64_t end = 0;
+  bool valid = false;
+  bool superseded = false;  // a later entry of the same name replaces it
+};
+
+// Reads a safetensors header as it is parsed (a large model's is 10-100 KB
+// of JSON, whose document tree cost far more than the check): it keeps, per
+// root entry, only what header_tensor says. Within a tensor's object the last
+// of duplicate "data_offsets" counts, as in a tree; duplicate root entries
+// are settled afterwards by settle_duplicates().
+class header_reader : public json_sax_base {
+ public:
+  explicit header_reader(std::string_view text) : text_(text) {}
+
+  bool is_object = false;  // the document is a JSON object
+  std::vector<header_tensor> tensors;
+
+  bool on_object_begin(error_code&) {
+    if (depth_ == 0) is_object = true;
+    value(false);
+    ++depth_;
+    return true;
+  }
+  bool on_object_end(std::size_t, error_code&) {
+    --depth_;
+    return true;
+  }
+  bool on_array_begin(error_code&) {
+    value(false);
+    if (depth_ == 2 && offsets_key_) {
+      in_offsets_ = true;
+      offsets_ = {};
+    }
+    ++depth_;
+    return true;
+  }
+  bool on_array_end(std::size_t, error_code&) {
+    --depth_;
+    if (depth_ == 2 && in_offsets_) {
+      in_offsets_ = false;
+      const auto& [count, begin, end] = offsets_;
+      auto& tensor = tensors.back();
+      tensor.valid = count == 2 && begin && end && *begin >= 0 && *end >= *begin;
+      tensor.end = tensor.valid ? static_cast<std::uint64_t>(*end) : 0;
+    }
+    return true;
+  }
+  bool on_key(json::string_view s, std::size_t, error_code&) {
+    const std::string_view key = whole_key(s);
+    if (depth_ == 1) {
+      in_tensor_ = key != "__metadata__";
+      offsets_key_ = false;
+      if (in_tensor_) tensors.push_back({stable(key)});
+    } else if (depth_ == 2 && in_tensor_) {
+      offsets_key_ = key == "data_offsets";
+    }
+    return true;
+  }
+  bool on_string(json::string_view, std::size_t, error_code&) { return value(false); }
+  bool on_int64(std::int64_t i, json::string_view, error_code&) { return value(true, i); }
+  bool on_uint64(std::uint64_t u, json::string_view, error_code&) {
+    // As json_integer: only what fits int64 is an integer here.
+    const bool fits = u <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+    return value(fits, static_cast<std::int64_t>(u));
+  }
+  bool on_double(double, json::string_view, error_code&) { return value(false); }
+  bool on_bool(bool, error_code&) { return value(false); }
+  bool on_null(error_code&) { return value(false); }
+
+ private:
+  // A value begins at the current depth: a new data_offsets (at depth 2)
+  // makes its tensor invalid until its array closes with two good integers;
+  // the elements of that array (depth 3) are counted and the first two kept.
+  bool value(bool is_integer, std::int64_t integer = 0) {
+    if (depth_ == 2 && offsets_key_) {
+      tensors.back().valid = false;
+      tensors.back().end = 0;
+    } else if (depth_ == 3 && in_offsets_) {
+      auto& [count, begin, end] = offsets_;
+      const auto element = is_integer ? std::optional<std::int64_t>(integer) : std::nullopt;
+      if (count == 0) begin = element;
+      if (count == 1) end = element;
+      ++count;
+    }
+    return true;
+  }
+
+  // `key` where it outlives the parse: a key without escapes lies in the
+  // header text; one with escapes is copied (no writer makes such names).
+  std::string_view stable(std::string_view key) {
+    const std::less_equal<const char*> before;
+    if (before(text_.data(), key.data()) &&
+        before(key.data() + key.size(), text_.data() + text_.size())) {
+      return key;
+    }
+    return unescaped_keys_.emplace_back(key);
+  }
+
+  struct offsets {
+    std::size_t count = 0;
+    std::optional<std::int64_t> begin;
+    std::optional<std::int64_t> end;
+  };
+
+  std::string_view text_;
+  std::deque<std::string> unescaped_keys_;  // a deque: its strings never move
+  int depth_ = 0;
+  bool in_tensor_ = false;    // the root key is not "__metadata__"
+  bool offsets_key_ = false;  // ... and the key in its object is "data_offsets"
+  bool in_offsets_ = false;   // inside that key's array
+  offsets offsets_;
+};
+
+// A root key written twice keeps its first place and takes its last value,
+// as a boost::json object does: the later entries of a name supersede the
+// earlier ones and give their verdict to the first. No writer repeats a
+// tensor name, but the problem reported must be the one a tree gave.
+void settle_duplicates(std::vector<header_tensor>& tensors) {
+  if (tensors.size() < 2) return;
+  // Sorted by the name's hash, then the name, then the place: each name's
+  // entries form a run, first to last. The hash settles almost every
+  // comparison without comparing names, which share long prefixes
+  // ("model.layers.12.mlp..."): sorting by name was a third of the check.
+  struct entry {
+    std::size_t hash;
+    std::size_t place;
+  };
+  std::vector<entry> order;
+  order.reserve(tensors.size());
+  const std::hash<std::string_view> hash;
+  for (std::size_t i = 0; i < tensors.size(); ++i) order.push_back({hash(tensors[i].name), i});
+  const auto key = [&](const entry& e) { return std::tie(e.hash, tensors[e.place].name, e.place); };
+  std::sort(order.begin(), order.end(),
+            [&](const entry& a, const entry& b) { return key(a) < key(b); });
+  const auto same_name = [&](const entry& a, const entry& b) {
+    return a.hash == b.hash && tensors[a.place].name == tensors[b.place].name;
+  };
+  for (std::size_t run = 0; run < order.size();) {
+    std::size_t next = run + 1;
+    while (next < order.size() && same_name(order[next], order[run])) ++next;
+    if (next - run > 1) {
+      auto& first = tensors[order[run].place];
+      const auto& last = tensors[order[next - 1].place];
+      first.valid = last.valid;
+      first.end = last.end;
+      for (std::size_t i = run + 1; i < next; ++i) tensors[order[i].place].superseded = true;
+    }
+    run = next;
+  }
 }
 
 // Checks an index and, when `shards` is given, returns the rels it covers.
@@ -165,25 +329,19 @@ std::string safetensors_problem(const candidate_view& c, const file_info& f) {
   const std::string_view header = long_header ? std::string_view(*long_header)
                                               : std::string_view(*head).substr(8, header_bytes);
 
-  json_arena arena;
+  json::basic_parser<header_reader> parser{json::parse_options{}, header};
   boost::system::error_code ec;
-  const auto root = boost::json::parse(header, ec, arena.storage());
-  const auto* tensors = ec ? nullptr : root.if_object();
-  if (!tensors) return what + ": header is not a JSON object";
+  parse_all(parser, header, ec);
+  auto& reader = parser.handler();
+  if (ec || !reader.is_object) return what + ": header is not a JSON object";
+  settle_duplicates(reader.tensors);
   std::uint64_t data_end = 0;
-  for (const auto& entry : *tensors) {
-    if (entry.key() == "__metadata__") continue;
-    const auto* tensor = entry.value().if_object();
-    const auto* offsets_value = tensor ? tensor->if_contains("data_offsets") : nullptr;
-    const auto* offsets = offsets_value ? offsets_value->if_array() : nullptr;
-    const auto bad = [&] {
-      return what + ": tensor \"" + std::string(entry.key()) + "\" has no valid data_offsets";
-    };
-    if (!offsets || offsets->size() != 2) return bad();
-    const auto begin = json_integer((*offsets)[0]);
-    const auto end = json_integer((*offsets)[1]);
-    if (!begin || !end || *begin < 0 || *end < *begin) return bad();
-    data_end = std::max(data_end, static_cast<std::uint64_t>(*end));
+  for (const auto& tensor : reader.tensors) {
+    if (tensor.superseded) continue;
+    if (!tensor.valid) {
+      return what + ": tensor \"" + std::string(tensor.name) + "\" has no valid data_offsets";
+    }
+    data_end = std::max(data_end, tensor.end);
   }
   if (data_end > std::numeric_limits<std::uint64_t>::max() - 8 - header_bytes) {
     return what + ": data_offsets are implausible";

@@ -86,8 +86,7 @@ class json_arena {
   [[nodiscard]] boost::json::storage_ptr storage() noexcept { return &resource_; }
 
  private:
-  // A trainer_state.json of a short run, a safetensors header of a few
-  // hundred tensors, a manifest: all fit.
+  // A manifest, Orbax's metadata, the index of a small model: all fit.
   static constexpr std::size_t buffer_bytes = 16 * 1024;
   alignas(std::max_align_t) std::array<unsigned char, buffer_bytes> buffer_;
   boost::json::monotonic_resource resource_;

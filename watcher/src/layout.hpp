@@ -10,7 +10,6 @@
 #include "dir_entries.hpp"
 
 #include <cstdint>
-#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -179,8 +178,9 @@ namespace ckptd::watcher {
 // A candidate_view of a folder or file on disk. Lists the folder (lstat, no
 // symlinks followed) up to `max_depth` levels and reads files on demand,
 // opening each only for the read. nullptr when the path is gone or is not a
-// folder or regular file.
-std::unique_ptr<candidate_view> view_from_disk(const std::filesystem::path& path,
-                                               int max_depth = 3);
+// folder or regular file. A string, not a std::filesystem::path: the engine
+// holds its paths as strings, and building a path splits it into components
+// (a cost per candidate) that the view almost never needs.
+std::unique_ptr<candidate_view> view_from_disk(std::string path, int max_depth = 3);
 
 }  // namespace ckptd::watcher

@@ -1,11 +1,11 @@
 #include "trainer_state.hpp"
 
 #include "formats.hpp"
-
-#include <boost/json/basic_parser_impl.hpp>
+#include "json_sax.hpp"
 
 #include <limits>
 #include <string>
+#include <string_view>
 
 namespace ckptd::watcher {
 namespace {
@@ -15,17 +15,9 @@ using boost::system::error_code;
 
 // The parser's handler: it follows the nesting (depth_: containers open) and
 // keeps only the root keys and log_history entries it knows.
-class state_reader {
+class state_reader : public json_sax_base {
  public:
-  static constexpr std::size_t max_object_size = std::numeric_limits<std::size_t>::max();
-  static constexpr std::size_t max_array_size = std::numeric_limits<std::size_t>::max();
-  static constexpr std::size_t max_key_size = std::numeric_limits<std::size_t>::max();
-  static constexpr std::size_t max_string_size = std::numeric_limits<std::size_t>::max();
-
   trainer_state state;
-
-  bool on_document_begin(error_code&) { return true; }
-  bool on_document_end(error_code&) { return true; }
 
   bool on_object_begin(error_code&) {
     value(kind::object);
@@ -53,33 +45,28 @@ class state_reader {
     return true;
   }
 
-  bool on_key_part(json::string_view s, std::size_t, error_code&) {
-    key_.append(s.data(), s.size());
-    return true;
-  }
+  // Only keys of the root object and of log_history's objects matter; the
+  // dozens of others in a file cost a depth check each.
   bool on_key(json::string_view s, std::size_t, error_code&) {
-    key_.append(s.data(), s.size());
+    const std::string_view key = whole_key(s);
     if (depth_ == 1) {
-      root_key_ = key_ == "global_step" ? root_key::global_step
-                  : key_ == "epoch"     ? root_key::epoch
-                  : key_ == "log_history" ? root_key::log_history
-                                          : root_key::other;
+      root_key_ = key == "global_step"   ? root_key::global_step
+                  : key == "epoch"       ? root_key::epoch
+                  : key == "log_history" ? root_key::log_history
+                                         : root_key::other;
     } else if (depth_ == 3 && in_entry_) {
-      entry_key_ = key_ == "step"        ? entry_key::step
-                   : key_ == "loss"      ? entry_key::loss
-                   : key_ == "eval_loss" ? entry_key::eval_loss
-                                         : entry_key::other;
+      entry_key_ = key == "step"        ? entry_key::step
+                   : key == "loss"      ? entry_key::loss
+                   : key == "eval_loss" ? entry_key::eval_loss
+                                        : entry_key::other;
     }
-    key_.clear();
     return true;
   }
 
-  bool on_string_part(json::string_view, std::size_t, error_code&) { return true; }
   bool on_string(json::string_view, std::size_t, error_code&) {
     value(kind::other);
     return true;
   }
-  bool on_number_part(json::string_view, error_code&) { return true; }
   bool on_int64(std::int64_t i, json::string_view, error_code&) {
     value(kind::number, i, static_cast<double>(i));
     return true;
@@ -102,8 +89,6 @@ class state_reader {
     value(kind::null);
     return true;
   }
-  bool on_comment_part(json::string_view, error_code&) { return true; }
-  bool on_comment(json::string_view, error_code&) { return true; }
 
  private:
   enum class kind { object, array, number, null, other };
@@ -127,6 +112,9 @@ class state_reader {
           state.has_log_history = k == kind::array;
           state.log_history.clear();
           in_history_ = k == kind::array;
+          // Room for a short history at once, rather than growing from one
+          // entry (a long run's history still grows geometrically).
+          if (in_history_) state.log_history.reserve(history_reserve);
           break;
         case root_key::other:
           break;
@@ -150,8 +138,9 @@ class state_reader {
     }
   }
 
+  static constexpr std::size_t history_reserve = 8;
+
   int depth_ = 0;
-  std::string key_;
   root_key root_key_ = root_key::other;
   entry_key entry_key_ = entry_key::other;
   bool in_history_ = false;  // inside the array of the last "log_history" key
@@ -164,9 +153,7 @@ trainer_state read_trainer_state(std::string_view text, boost::system::error_cod
   std::string rewritten;
   const std::string_view standard = standard_json(text, rewritten);
   json::basic_parser<state_reader> parser{json::parse_options{}};
-  const std::size_t used = parser.write_some(false, standard.data(), standard.size(), ec);
-  // As boost::json::parse: anything but whitespace after the document.
-  if (!ec && used < standard.size()) ec = json::error::extra_data;
+  parse_all(parser, standard, ec);
   return std::move(parser.handler().state);
 }
 
