@@ -612,39 +612,14 @@ class rocks_index final : public index {
   }
 
   result<void> flush() override {
-    const std::lock_guard write(write_mutex_);
-    if (needs_reopen_) {
-      if (auto reopened = reopen_locked(); !reopened) return reopened.error();
-    }
-    rocksdb::Status s;
-    {
-      const std::shared_lock lock(db_mutex_);
-      if (mode_ != db_mode::read_write) {
-        return fail(log_, "syncing the index WAL: the index is not open for writing",
-                    errc::io_error);
-      }
-      s = db_.db->FlushWAL(/*sync=*/true);
-    }
-    if (!s.ok()) return write_failed("syncing the index WAL", s);
-    return {};
+    return write_whole("syncing the index WAL",
+                       [](const database& d) { return d.db->FlushWAL(/*sync=*/true); });
   }
 
   result<void> write_out() override {
-    const std::lock_guard write(write_mutex_);
-    if (needs_reopen_) {
-      if (auto reopened = reopen_locked(); !reopened) return reopened.error();
-    }
-    rocksdb::Status s;
-    {
-      const std::shared_lock lock(db_mutex_);
-      if (mode_ != db_mode::read_write) {
-        return fail(log_, "writing the index memtables out: the index is not open for writing",
-                    errc::io_error);
-      }
-      s = db_.db->Flush(rocksdb::FlushOptions(), {db_.main.get(), db_.events.get()});
-    }
-    if (!s.ok()) return write_failed("writing the index memtables out", s);
-    return {};
+    return write_whole("writing the index memtables out", [](const database& d) {
+      return d.db->Flush(rocksdb::FlushOptions(), {d.main.get(), d.events.get()});
+    });
   }
 
   result<std::vector<event>> events_after(std::uint64_t seq, std::size_t limit) const override {
@@ -804,6 +779,27 @@ class rocks_index final : public index {
   [[nodiscard]] error_code not_open() const {
     return fail(log_, "index " + dir_ + " is not open: reopening it after failed writes failed",
                 errc::io_error);
+  }
+
+  // A write to the whole database (`what` it does, for the log): serialized
+  // with apply(), and like it reopening after a failed write first.
+  template <class Write>
+  [[nodiscard]] result<void> write_whole(std::string_view what, Write&& write) {
+    const std::lock_guard lock_writes(write_mutex_);
+    if (needs_reopen_) {
+      if (auto reopened = reopen_locked(); !reopened) return reopened.error();
+    }
+    rocksdb::Status s;
+    {
+      const std::shared_lock lock(db_mutex_);
+      if (mode_ != db_mode::read_write) {
+        return fail(log_, std::string(what) + ": the index is not open for writing",
+                    errc::io_error);
+      }
+      s = write(db_);
+    }
+    if (!s.ok()) return write_failed(what, s);
+    return {};
   }
 
   enum class family { main, events };
