@@ -1443,8 +1443,13 @@ class watcher::impl {
         // Listed now rather than when the candidates before it are judged:
         // the workers go on to its candidates instead of idling at every
         // job's end. Each job's tasks keep their order, and jobs are
-        // independent of one another.
-        tasks_.run_in_place(i--, [this](const task& scan) { run(scan); });
+        // independent of one another. Not a polled job's: its candidates
+        // get no looks, so nothing would bound how many jobs are listed
+        // ahead (the queue would grow to every candidate of the tree).
+        const auto job = jobs_.find(t.job);
+        if (job != jobs_.end() && !job->second.how.polled) {
+          tasks_.run_in_place(i--, [this](const task& scan) { run(scan); });
+        }
         continue;
       }
       if (t.kind != task::evaluate || looks_.contains(t.path)) continue;
