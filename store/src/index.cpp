@@ -58,11 +58,13 @@ constexpr int max_write_buffers = 2;
 constexpr std::size_t block_cache_bytes = 2 << 20;
 constexpr int max_open_files = 256;
 constexpr int max_background_jobs = 2;
-// Level-0 files that start a compaction into level 1. Every level-0 file
-// spans nearly the whole key range (checkpoints and the event log arrive
-// together), so each such compaction rewrites all of level 1: starting one
-// per 12 files rather than RocksDB's 4 writes a third as much while a large
-// tree is indexed, and reads merge at most a dozen small files meanwhile.
+// Level-0 files that start a compaction into level 1. In the default family
+// each level-0 file spans most of the key range (job records are written
+// between the checkpoints of other jobs), so such a compaction rewrites most
+// of level 1: starting one per 12 files rather than RocksDB's 4 writes a
+// third as much while a large tree is indexed, and reads merge at most a
+// dozen small files meanwhile. (The event family's files never overlap: they
+// move down as they are.)
 constexpr int level0_files_per_compaction = 12;
 
 // The encoding stores string lengths as u32.
