@@ -1139,7 +1139,7 @@ class watcher::impl {
           // Only the folder itself: judging lists it anyway, and watches
           // what is inside then (watch_new_interior). With workers, the
           // worker that looks at it ahead watches it (see unwatched_).
-          if (e.is_dir && defers_watches(job)) {
+          if (e.is_dir && looked_at_ahead(job)) {
             unwatched_.insert(path);
           } else if (e.is_dir) {
             watch_dir(path, job, depth + 1);
@@ -1345,9 +1345,10 @@ class watcher::impl {
         std::count(path.begin() + static_cast<std::ptrdiff_t>(js.dir.size()), path.end(), '/'));
   }
 
-  // Whether a scan leaves this job's candidate folders for the workers to
-  // watch (see unwatched_): with workers, in inotify mode.
-  bool defers_watches(const std::string& job) const {
+  // Whether workers look at this job's candidates ahead of the engine (see
+  // look_ahead), and so also watch them (see unwatched_): with workers, in
+  // inotify mode.
+  bool looked_at_ahead(const std::string& job) const {
     if (!pool_) return false;
     const auto it = jobs_.find(job);
     return it != jobs_.end() && !it->second.how.polled;
@@ -1446,8 +1447,7 @@ class watcher::impl {
         // independent of one another. Not a polled job's: its candidates
         // get no looks, so nothing would bound how many jobs are listed
         // ahead (the queue would grow to every candidate of the tree).
-        const auto job = jobs_.find(t.job);
-        if (job != jobs_.end() && !job->second.how.polled) {
+        if (looked_at_ahead(t.job)) {
           tasks_.run_in_place(i--, [this](const task& scan) { run(scan); });
         }
         continue;
