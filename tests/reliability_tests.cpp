@@ -11,6 +11,7 @@
 #include "support/daemon_process.hpp"
 #include "support/fixtures.hpp"
 #include "support/http_client.hpp"
+#include "support/raw_db.hpp"
 
 #include "codec.hpp"  // store/src: the schema key, to fake an index from a newer ckptd
 
@@ -556,23 +557,12 @@ BOOST_AUTO_TEST_CASE(index_from_a_newer_ckptd_is_refused_untouched_and_rebuilt) 
   refuses_then_rebuilds(
       "newer schema",
       [](const fs::path& db) {
-        // Every column family opened, as RocksDB requires of a writer; the
-        // schema key is in the default one.
-        rocksdb::Options options;
-        std::vector<std::string> names;
-        BOOST_TEST_REQUIRE(rocksdb::DB::ListColumnFamilies(options, db.string(), &names).ok());
-        std::vector<rocksdb::ColumnFamilyDescriptor> families;
-        for (const auto& name : names) families.emplace_back(name, rocksdb::ColumnFamilyOptions());
-        std::vector<rocksdb::ColumnFamilyHandle*> handles;
-        rocksdb::DB* raw = nullptr;
-        BOOST_TEST_REQUIRE(rocksdb::DB::Open(options, db.string(), families, &handles, &raw).ok());
-        std::unique_ptr<rocksdb::DB> rdb(raw);
+        // The schema key is in the default column family.
+        auto rdb = ckptd::test::raw_db::open(db);
         const auto newer = ckptd::store::index::schema_version + 1;
         BOOST_TEST_REQUIRE(rdb->Put(rocksdb::WriteOptions(), ckptd::store::codec::schema_key(),
                                     ckptd::store::codec::encode_schema(newer))
                                .ok());
-        for (auto* handle : handles) BOOST_TEST_REQUIRE(rdb->DestroyColumnFamilyHandle(handle).ok());
-        BOOST_TEST_REQUIRE(rdb->Close().ok());
       },
       "newer ckptd");
 }

@@ -5,6 +5,7 @@
 
 // store's private headers (store/src is on the tests' include path).
 #include "codec.hpp"
+#include "support/raw_db.hpp"
 #include "status.hpp"
 
 #include <boost/test/unit_test.hpp>
@@ -81,6 +82,7 @@ namespace store = ckptd::store;
 namespace codec = ckptd::store::codec;
 using store::errc;
 using namespace std::string_literals;
+using ckptd::test::raw_db;
 
 // ---------------------------------------------------------------- helpers
 
@@ -158,42 +160,6 @@ struct temp_dir {
   ~temp_dir() {
     std::error_code ec;
     fs::remove_all(path, ec);
-  }
-};
-
-// A database opened with plain RocksDB and all of its column families, whose
-// handles are released before it closes (members go in reverse order).
-struct raw_db {
-  std::unique_ptr<rocksdb::DB> db;
-  std::map<std::string, std::unique_ptr<rocksdb::ColumnFamilyHandle>> families;
-
-  static raw_db open(const fs::path& dir, bool create) {
-    rocksdb::Options options;
-    options.create_if_missing = create;
-    std::vector<std::string> names;
-    if (!rocksdb::DB::ListColumnFamilies(options, dir.string(), &names).ok()) {
-      names = {rocksdb::kDefaultColumnFamilyName};  // a database still to create
-    }
-    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
-    for (const auto& name : names) descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
-    std::vector<rocksdb::ColumnFamilyHandle*> handles;
-    rocksdb::DB* raw = nullptr;
-    const auto s = rocksdb::DB::Open(options, dir.string(), descriptors, &handles, &raw);
-    BOOST_TEST_REQUIRE(s.ok(), s.ToString());
-    raw_db out;
-    out.db.reset(raw);
-    for (std::size_t i = 0; i < names.size(); ++i) out.families[names[i]].reset(handles[i]);
-    return out;
-  }
-  rocksdb::DB* operator->() const { return db.get(); }
-  rocksdb::ColumnFamilyHandle* family(const std::string& name) const {
-    const auto it = families.find(name);
-    BOOST_TEST_REQUIRE((it != families.end()), "no column family " << name);
-    return it->second.get();
-  }
-  void reset() {
-    families.clear();
-    db.reset();
   }
 };
 
