@@ -163,9 +163,8 @@ class header_reader : public json_sax_base {
   bool on_string(json::string_view, std::size_t, error_code&) { return value(false); }
   bool on_int64(std::int64_t i, json::string_view, error_code&) { return value(true, i); }
   bool on_uint64(std::uint64_t u, json::string_view, error_code&) {
-    // As json_integer: only what fits int64 is an integer here.
-    const bool fits = u <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
-    return value(fits, static_cast<std::int64_t>(u));
+    const auto integer = fitting_int64(u);
+    return value(integer.has_value(), integer.value_or(0));
   }
   bool on_double(double, json::string_view, error_code&) { return value(false); }
   bool on_bool(bool, error_code&) { return value(false); }
@@ -527,11 +526,7 @@ std::optional<double> json_number(const boost::json::value& v) {
 
 std::optional<std::int64_t> json_integer(const boost::json::value& v) {
   if (const auto* i = v.if_int64()) return *i;
-  if (const auto* u = v.if_uint64()) {
-    if (*u <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
-      return static_cast<std::int64_t>(*u);
-    }
-  }
+  if (const auto* u = v.if_uint64()) return fitting_int64(*u);
   return std::nullopt;
 }
 

@@ -9,7 +9,9 @@
 #include <boost/system/error_code.hpp>
 
 #include <cstddef>
+#include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -60,6 +62,14 @@ class json_sax_base {
   std::string key_;
   bool gathering_ = false;
 };
+
+// A JSON unsigned integer as the int64 the watcher reads integers as;
+// nullopt when it does not fit (then it is no integer to any reader, and to
+// json_integer neither).
+inline std::optional<std::int64_t> fitting_int64(std::uint64_t u) {
+  if (u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) return std::nullopt;
+  return static_cast<std::int64_t>(u);
+}
 
 // Parses all of `text` (whole, never in pieces) into the parser's handler.
 // As boost::json::parse, anything but whitespace after the document is an

@@ -72,9 +72,7 @@ class state_reader : public json_sax_base {
     return true;
   }
   bool on_uint64(std::uint64_t u, json::string_view, error_code&) {
-    const bool fits = u <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
-    value(kind::number, fits ? std::optional<std::int64_t>(static_cast<std::int64_t>(u)) : std::nullopt,
-          static_cast<double>(u));
+    value(kind::number, fitting_int64(u), static_cast<double>(u));
     return true;
   }
   bool on_double(double d, json::string_view, error_code&) {
