@@ -952,6 +952,38 @@ BOOST_AUTO_TEST_CASE(utf8_repair) {
   BOOST_TEST(api::to_valid_utf8("\xe2\x82x") == fffd + "x");
 }
 
+// append_string copies a plain ASCII run eight bytes at a time: whatever
+// needs escaping or repair must be caught in every position of a word and of
+// the tail. Boost.JSON reads each result back as the repaired text.
+BOOST_AUTO_TEST_CASE(strings_escape_wherever_the_byte_falls) {
+  const std::vector<std::string> specials{"\"", "\\", "\n", "\t", std::string(1, '\0'),
+                                          "\x01", "\x1f", "\x7f", "\xc3\xa9", "\xff",
+                                          "\xe2\x82"};
+  for (std::size_t length : {0u, 1u, 7u, 8u, 9u, 16u, 23u}) {
+    for (std::size_t at = 0; at <= length; ++at) {
+      for (const std::string& special : specials) {
+        std::string text(length, 'a');
+        for (std::size_t i = 0; i < length; ++i) text[i] = static_cast<char>('a' + i % 26);
+        text.insert(at, special);
+        std::string json;
+        ckptd::json_text::append_string(json, text);
+        const boost::json::value back = boost::json::parse(json);
+        BOOST_TEST_CONTEXT("length " << length << ", at " << at) {
+          BOOST_TEST(back.is_string());
+          if (back.is_string()) {
+            BOOST_TEST(std::string_view(back.as_string()) == api::to_valid_utf8(text));
+          }
+          // Only what JSON requires is escaped: the rest goes as it is.
+          const bool escaped = special == "\"" || special == "\\" ||
+                               static_cast<unsigned char>(special[0]) < 0x20;
+          const bool repaired = special == "\xff" || special == "\xe2\x82";
+          if (!escaped && !repaired) BOOST_TEST(json == '"' + text + '"');
+        }
+      }
+    }
+  }
+}
+
 BOOST_AUTO_TEST_CASE(rfc3339_times) {
   BOOST_TEST(api::rfc3339_utc(0) == "1970-01-01T00:00:00.000000Z");
   BOOST_TEST(api::rfc3339_utc(1795946918123456789) == "2026-11-29T10:08:38.123456Z");

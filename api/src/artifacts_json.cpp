@@ -20,7 +20,7 @@ void append_time(std::string& out, std::string_view key, std::int64_t ns) {
   out += ",\"";
   out += key;
   out += "\":\"";
-  out += rfc3339_utc(ns);
+  json_text::append_rfc3339_utc(out, ns);
   out += '"';
 }
 

@@ -4,7 +4,9 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <tuple>
 
 namespace ckptd::json_text {
@@ -74,6 +76,32 @@ bool is_valid_utf8(std::string_view text) {
   return true;
 }
 
+// How many leading bytes of `text` go into a JSON string as they are:
+// printable ASCII other than '"' and '\\'. Eight bytes per step, as every
+// checkpoint's path, identifier and job uuid passes through here for each
+// body and event that carries it.
+std::size_t plain_prefix(std::string_view text) {
+  constexpr std::uint64_t ones = 0x0101010101010101ULL;
+  constexpr std::uint64_t highs = 0x8080808080808080ULL;
+  // Nonzero exactly when some byte of v is zero (or, for below, is less
+  // than n, n <= 128): the usual bit tricks, exact for "any byte".
+  const auto below = [](std::uint64_t v, std::uint64_t n) { return (v - ones * n) & ~v & highs; };
+  std::size_t i = 0;
+  for (; i + 8 <= text.size(); i += 8) {
+    std::uint64_t word;
+    std::memcpy(&word, text.data() + i, sizeof word);
+    if (((word & highs) | below(word, 0x20) | below(word ^ (ones * '"'), 1) |
+         below(word ^ (ones * '\\'), 1)) != 0) {
+      break;
+    }
+  }
+  for (; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c >= 0x80 || c == '"' || c == '\\') break;
+  }
+  return i;
+}
+
 void append_escaped(std::string& out, std::string_view valid) {
   static constexpr char hex[] = "0123456789abcdef";
   std::size_t plain = 0;  // start of the run not yet copied
@@ -133,7 +161,7 @@ std::string to_valid_utf8(std::string_view text) {
   return out;
 }
 
-std::string rfc3339_utc(std::int64_t ns_since_epoch) {
+void append_rfc3339_utc(std::string& out, std::int64_t ns_since_epoch) {
   using namespace std::chrono;
   // Split in integers first: floor<days> of a nanosecond time_point turns the
   // day back into nanoseconds, which overflows near the ends of the int64
@@ -171,15 +199,29 @@ std::string rfc3339_utc(std::int64_t ns_since_epoch) {
   put(14, 2, static_cast<unsigned>(time.minutes().count()));
   put(17, 2, static_cast<unsigned>(time.seconds().count()));
   put(20, 6, static_cast<unsigned>(time.subseconds().count()));
-  return std::string(text, sizeof text - 1);
+  out.append(text, sizeof text - 1);
+}
+
+std::string rfc3339_utc(std::int64_t ns_since_epoch) {
+  std::string out;
+  append_rfc3339_utc(out, ns_since_epoch);
+  return out;
 }
 
 void append_string(std::string& out, std::string_view text) {
   out += '"';
-  if (is_valid_utf8(text)) {
-    append_escaped(out, text);
-  } else {
-    append_escaped(out, to_valid_utf8(text));
+  // Paths, identifiers and uuids are plain ASCII: copied in one go. The
+  // rest starts at an ASCII boundary, so checking and repairing it alone
+  // gives what checking and repairing the whole would.
+  const std::size_t plain = plain_prefix(text);
+  out.append(text.substr(0, plain));
+  const std::string_view rest = text.substr(plain);
+  if (!rest.empty()) {
+    if (is_valid_utf8(rest)) {
+      append_escaped(out, rest);
+    } else {
+      append_escaped(out, to_valid_utf8(rest));
+    }
   }
   out += '"';
 }
@@ -213,7 +255,7 @@ void append_checkpoint(std::string& out, const store::checkpoint& c, std::string
   out += "{\"identifier\":";
   append_string(out, c.identifier);
   out += ",\"created_at\":\"";
-  out += rfc3339_utc(c.created_at_ns);
+  append_rfc3339_utc(out, c.created_at_ns);
   out += "\",\"epoch\":";
   append_integer(out, c.epoch);
   out += ",\"post_training_job_id\":";

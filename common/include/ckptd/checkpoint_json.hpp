@@ -30,6 +30,8 @@ namespace ckptd::json_text {
 // RFC 3339 UTC with microseconds, e.g. "2026-11-29T10:08:38.123456Z", for
 // nanoseconds since the Unix epoch (truncated towards the past).
 [[nodiscard]] std::string rfc3339_utc(std::int64_t ns_since_epoch);
+// Appends what rfc3339_utc returns, without a string of its own.
+void append_rfc3339_utc(std::string& out, std::int64_t ns_since_epoch);
 
 // Appends `text` as a JSON string: quoted, UTF-8 repaired, escaped.
 void append_string(std::string& out, std::string_view text);
