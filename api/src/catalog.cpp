@@ -5,6 +5,7 @@
 #include <zlib.h>
 
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -12,17 +13,38 @@
 namespace ckptd::api {
 namespace {
 
-constexpr std::uint64_t fnv_offset_basis = 0xcbf29ce484222325ULL;
+constexpr std::uint64_t hash_seed = 0xcbf29ce484222325ULL;
 
-// FNV-1a, 64 bits, continuing from `hash`: stable across runs and builds, so
-// a client's ETag stays valid over a daemon restart when the body has not
-// changed.
-std::uint64_t fnv1a(std::string_view bytes, std::uint64_t hash = fnv_offset_basis) {
-  for (char c : bytes) {
-    hash ^= static_cast<unsigned char>(c);
-    hash *= 0x100000001b3ULL;
+// Multiplies out to 128 bits and folds the halves: every input bit reaches
+// every output bit.
+std::uint64_t fold_multiply(std::uint64_t a, std::uint64_t b) {
+  const unsigned __int128 product = static_cast<unsigned __int128>(a) * b;
+  return static_cast<std::uint64_t>(product) ^ static_cast<std::uint64_t>(product >> 64);
+}
+
+std::uint64_t little_endian_word(const char* at, std::size_t n) {
+  unsigned char bytes[8] = {};
+  if (n != 0) std::memcpy(bytes, at, n);  // `at` may be null when n is 0
+  std::uint64_t word = 0;
+  for (int i = 7; i >= 0; --i) word = word << 8 | bytes[i];  // one load on x86
+  return word;
+}
+
+// A 64-bit hash of `bytes`, continuing from `hash`, eight bytes per step
+// (FNV-1a's byte at a time was a tenth of publishing a job's body): stable
+// across runs, builds and byte orders, so a client's ETag stays valid over a
+// daemon restart when the body has not changed. Not for adversaries: a
+// body's bytes come from the index, and the size goes in the ETag too.
+std::uint64_t body_hash(std::string_view bytes, std::uint64_t hash = hash_seed) {
+  constexpr std::uint64_t odd_constant = 0x9e3779b97f4a7c15ULL;  // 2^64 / golden ratio
+  std::size_t i = 0;
+  for (; i + 8 <= bytes.size(); i += 8) {
+    hash = fold_multiply(hash ^ little_endian_word(bytes.data() + i, 8), odd_constant);
   }
-  return hash;
+  // The tail, padded with zeros; its length is told apart by the total size.
+  hash = fold_multiply(hash ^ little_endian_word(bytes.data() + i, bytes.size() - i),
+                       odd_constant);
+  return fold_multiply(hash ^ bytes.size(), odd_constant ^ hash_seed);
 }
 
 // zlib's windowBits: 15 for the largest window, +16 for a gzip wrapper.
@@ -104,7 +126,7 @@ std::string gzip(std::string_view head, std::string_view tail) {
 }
 
 std::shared_ptr<const cached_body> make_cached_body(std::string bytes) {
-  auto body = with_etag(fnv1a(bytes), bytes.size());
+  auto body = with_etag(body_hash(bytes), bytes.size());
   body->bytes = std::move(bytes);
   return body;
 }
@@ -116,7 +138,7 @@ std::shared_ptr<const cached_body> make_status_body(std::string head,
   // which never changes), so folding the head into it gives a hash that
   // changes whenever the whole body does.
   const std::size_t size = head.size() + (artifacts->bytes.size() - tail_offset);
-  auto body = with_etag(fnv1a(head, artifacts->hash), size);
+  auto body = with_etag(body_hash(head, artifacts->hash), size);
   body->bytes = std::move(head);
   body->shared_tail = std::move(artifacts);
   body->tail_offset = tail_offset;
