@@ -182,6 +182,10 @@ struct database {
   std::unique_ptr<rocksdb::ColumnFamilyHandle> events;  // the event log
 
   explicit operator bool() const { return db != nullptr; }
+  // Writes both families' memtables to table files, waiting for it.
+  [[nodiscard]] rocksdb::Status write_memtables_out() const {
+    return db->Flush(rocksdb::FlushOptions(), {main.get(), events.get()});
+  }
   void reset() {
     events.reset();
     main.reset();
@@ -619,9 +623,8 @@ class rocks_index final : public index {
   }
 
   result<void> write_out() override {
-    return write_whole("writing the index memtables out", [](const database& d) {
-      return d.db->Flush(rocksdb::FlushOptions(), {d.main.get(), d.events.get()});
-    });
+    return write_whole("writing the index memtables out",
+                       [](const database& d) { return d.write_memtables_out(); });
   }
 
   result<std::vector<event>> events_after(std::uint64_t seq, std::size_t limit) const override {
@@ -762,9 +765,7 @@ class rocks_index final : public index {
       // a failed flush loses nothing.
       if (const auto s = db_.db->FlushWAL(/*sync=*/true); !s.ok()) {
         emit(log_, "syncing the index WAL at close: " + s.ToString());
-      } else if (const auto f = db_.db->Flush(rocksdb::FlushOptions(),
-                                              {db_.main.get(), db_.events.get()});
-                 !f.ok()) {
+      } else if (const auto f = db_.write_memtables_out(); !f.ok()) {
         emit(log_, "writing the index memtables at close: " + f.ToString());
       }
     }
