@@ -18,13 +18,14 @@ using boost::system::result;
 // whatever the host is.
 class writer {
  public:
+  writer() = default;
+  // Room for a record of about `expected_bytes`: one allocation for it, not
+  // one per doubling (every checkpoint and event is encoded once).
+  explicit writer(std::size_t expected_bytes) { out_.reserve(expected_bytes); }
+
   void u8(std::uint8_t v) { out_.push_back(static_cast<char>(v)); }
-  void u32(std::uint32_t v) {
-    for (int i = 0; i < 4; ++i) u8(static_cast<std::uint8_t>(v >> (8 * i)));
-  }
-  void u64(std::uint64_t v) {
-    for (int i = 0; i < 8; ++i) u8(static_cast<std::uint8_t>(v >> (8 * i)));
-  }
+  void u32(std::uint32_t v) { little_endian(v); }
+  void u64(std::uint64_t v) { little_endian(v); }
   void i64(std::int64_t v) { u64(static_cast<std::uint64_t>(v)); }
   void f64(double v) { u64(std::bit_cast<std::uint64_t>(v)); }
   void str(std::string_view s) {
@@ -36,6 +37,13 @@ class writer {
   [[nodiscard]] std::string take() && { return std::move(out_); }
 
  private:
+  template <typename Unsigned>
+  void little_endian(Unsigned v) {
+    char bytes[sizeof v];
+    for (std::size_t i = 0; i < sizeof v; ++i) bytes[i] = static_cast<char>(v >> (8 * i));
+    out_.append(bytes, sizeof v);
+  }
+
   std::string out_;
 };
 
@@ -136,7 +144,9 @@ std::string checkpoint_prefix_end(std::string_view job_uuid) {
 }
 
 std::string checkpoint_key(std::string_view job_uuid, std::string_view path) {
-  std::string key = checkpoint_prefix(job_uuid);
+  std::string key = with_kind(key_kind::checkpoint, job_uuid.size() + 1 + path.size());
+  key.append(job_uuid);
+  key.push_back('\0');
   key.append(path);
   return key;
 }
@@ -198,7 +208,7 @@ result<std::string> path_from_key(std::string_view key, std::string_view prefix)
 }
 
 std::string encode_checkpoint(const checkpoint& c) {
-  writer w;
+  writer w(1 + 4 + c.identifier.size() + 3 * 8 + 1 + 4 * 8 + 4 + c.fingerprint.size() + 8);
   w.u8(value_format);
   w.str(c.identifier);
   w.i64(c.epoch);
@@ -282,13 +292,15 @@ result<std::uint32_t> decode_schema(std::string_view value) {
   return version;
 }
 
-std::string encode_event(const event& e) {
-  writer w;
+std::string encode_event(const event& e) { return encode_event(e, e.job_uuid, e.at_ns); }
+
+std::string encode_event(const event& e, std::string_view job_uuid, std::int64_t at_ns) {
+  writer w(1 + 3 * 4 + job_uuid.size() + e.type.size() + e.data.size() + 8);
   w.u8(value_format);
-  w.str(e.job_uuid);
+  w.str(job_uuid);
   w.str(e.type);
   w.str(e.data);
-  w.i64(e.at_ns);
+  w.i64(at_ns);
   return std::move(w).take();
 }
 

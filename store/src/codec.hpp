@@ -80,6 +80,10 @@ inline constexpr std::uint8_t value_format = 1;
 [[nodiscard]] std::string encode_schema(std::uint32_t version);
 [[nodiscard]] boost::system::result<std::uint32_t> decode_schema(std::string_view value);
 [[nodiscard]] std::string encode_event(const event& e);  // e.seq goes in the key
+// As encode_event, with the job and time given apart: what apply() stores for
+// an event that leaves them to the change, without copying the event.
+[[nodiscard]] std::string encode_event(const event& e, std::string_view job_uuid,
+                                       std::int64_t at_ns);
 [[nodiscard]] boost::system::result<event> decode_event(std::string_view value, std::uint64_t seq);
 [[nodiscard]] std::string encode_event_seq(std::uint64_t seq);
 [[nodiscard]] boost::system::result<std::uint64_t> decode_event_seq(std::string_view value);

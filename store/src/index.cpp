@@ -526,10 +526,9 @@ class rocks_index final : public index {
     if (!change.events.empty()) {
       const std::int64_t now = now_ns();
       for (const auto& e : change.events) {
-        event stored = e;
-        if (stored.job_uuid.empty()) stored.job_uuid = uuid;
-        if (stored.at_ns == 0) stored.at_ns = now;
-        step(batch.Put(db_events(), codec::event_key(++seq), codec::encode_event(stored)));
+        const std::string_view job = e.job_uuid.empty() ? std::string_view(uuid) : e.job_uuid;
+        step(batch.Put(db_events(), codec::event_key(++seq),
+                       codec::encode_event(e, job, e.at_ns == 0 ? now : e.at_ns)));
       }
       step(batch.Put(codec::event_seq_key(), codec::encode_event_seq(seq)));
       if (first == 0) first = seq - change.events.size() + 1;
