@@ -116,6 +116,15 @@ std::string with_kind(key_kind kind, std::size_t reserve) {
   return key;
 }
 
+// A job's checkpoint prefix, with room for `more` bytes after it (the path of
+// a key) so that completing it allocates nothing more.
+std::string checkpoint_prefix_with_room(std::string_view job_uuid, std::size_t more) {
+  std::string key = with_kind(key_kind::checkpoint, job_uuid.size() + 1 + more);
+  key.append(job_uuid);
+  key.push_back('\0');
+  return key;
+}
+
 }  // namespace
 
 bool is_storable(std::string_view part) noexcept {
@@ -129,10 +138,7 @@ std::string job_key(std::string_view job_uuid) {
 }
 
 std::string checkpoint_prefix(std::string_view job_uuid) {
-  std::string key = with_kind(key_kind::checkpoint, job_uuid.size() + 1);
-  key.append(job_uuid);
-  key.push_back('\0');
-  return key;
+  return checkpoint_prefix_with_room(job_uuid, 0);
 }
 
 std::string checkpoint_prefix_end(std::string_view job_uuid) {
@@ -144,9 +150,7 @@ std::string checkpoint_prefix_end(std::string_view job_uuid) {
 }
 
 std::string checkpoint_key(std::string_view job_uuid, std::string_view path) {
-  std::string key = with_kind(key_kind::checkpoint, job_uuid.size() + 1 + path.size());
-  key.append(job_uuid);
-  key.push_back('\0');
+  std::string key = checkpoint_prefix_with_room(job_uuid, path.size());
   key.append(path);
   return key;
 }
