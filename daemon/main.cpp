@@ -58,6 +58,7 @@ api::options api_options(const daemon::settings& s, std::vector<int> sockets,
   o.cors_origins = s.cors_origins;
   o.max_connections = s.max_connections;
   o.rate_clients = s.rate_clients;
+  o.body_cache_bytes = s.body_cache_bytes;
   o.event_store = event_store;
   return o;
 }

@@ -58,6 +58,9 @@ po::options_description describe() {
      "most connections open at once; more get 503")
     ("rate-clients", po::value<long long>()->value_name("N")->default_value(10000),
      "most client addresses the rate limiter tracks (idle ones are evicted first)")
+    ("body-cache-mb", po::value<double>()->value_name("MIB")->default_value(2),
+     "memory for serialized job bodies, least recently used dropped first "
+     "(0: keep every body)")
     ("rebuild-index", "move the index (--db) aside and rebuild it from the disk")
     ("demo", po::value<std::string>()->value_name("DIR"),
      "run a simulated training job in DIR, watch it and keep the index in DIR/db");
@@ -300,6 +303,12 @@ bool interpret(const po::variables_map& vm, settings& out) {
     return fail("rate-clients", std::to_string(clients));
   }
   out.rate_clients = static_cast<std::size_t>(clients);
+  const double body_cache_mib = vm["body-cache-mb"].as<double>();
+  if (!(body_cache_mib >= 0 && body_cache_mib <= 65536)) {
+    why = "must be from 0 (keep every body) to 65536 MiB";
+    return fail("body-cache-mb", std::to_string(body_cache_mib));
+  }
+  out.body_cache_bytes = static_cast<std::size_t>(body_cache_mib * 1024 * 1024);
   out.rebuild_index = vm.count("rebuild-index") > 0;
   if (vm.count("demo")) out.demo_dir = vm["demo"].as<std::string>();
   if (out.watch.empty() && out.jobs.empty() && !out.demo_dir) {

@@ -55,6 +55,9 @@ struct settings {
   std::size_t max_connections = 4096;
   // Most client addresses the rate limiter tracks. Default: 10000.
   std::size_t rate_clients = 10000;
+  // Memory for serialized job bodies (--body-cache-mb); 0 keeps every body.
+  // Default: 2 MiB.
+  std::size_t body_cache_bytes = 2 * 1024 * 1024;
   // --rebuild-index: move the index aside and rebuild it from the disk.
   bool rebuild_index = false;
   // --demo DIR: run a simulated training job in DIR and watch it. Default: off.

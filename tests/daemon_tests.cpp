@@ -509,6 +509,56 @@ BOOST_AUTO_TEST_CASE(refuses_bad_options_with_a_clear_message) {
   // --job without '=' names the option at fault and exits non-zero.
   BOOST_CHECK_THROW(daemon_process({"--job", "nodir", "--db", (dir / "db").string()}),
                     std::runtime_error);
+  for (const char* size : {"-1", "65537", "nan"}) {
+    BOOST_CHECK_THROW(daemon_process({"--watch", dir.path().string(), "--db",
+                                      (dir / "db").string(), "--body-cache-mb", size}),
+                      std::runtime_error);
+  }
+}
+
+namespace {
+
+// The value of an unlabelled counter or gauge on /metrics.
+double metric(std::uint16_t port, const std::string& name) {
+  const std::string text = get(port, "/metrics").body;
+  const auto at = text.find("\n" + name + " ");
+  BOOST_TEST_REQUIRE(at != std::string::npos, name << " missing from /metrics");
+  return std::stod(text.substr(at + name.size() + 2));
+}
+
+}  // namespace
+
+// --body-cache-mb bounds the job bodies kept in memory. With room for less
+// than one job's, each request rebuilds them from the index, byte for byte
+// the published ones; with the default they stay and are served as kept.
+BOOST_AUTO_TEST_CASE(body_cache_option_bounds_the_bodies_kept) {
+  temp_dir dir;
+  hf_run run(dir / "runs" / "job", {.steps_per_epoch = 1000});
+  for (int step = 10; step <= 400; step += 10) run.save(step);  // a body of ~14 KB
+  const auto artifacts = artifacts_target("job");
+
+  std::string kept_body;
+  {
+    watched_daemon d(dir);
+    BOOST_TEST_REQUIRE(eventually([&] { return checkpoints_of(d.port(), "job").size() == 40u; }));
+    const double loads = metric(d.port(), "ckptd_http_body_loads_total");
+    kept_body = get(d.port(), artifacts).body;
+    BOOST_TEST(get(d.port(), artifacts).body == kept_body);
+    BOOST_TEST(metric(d.port(), "ckptd_http_body_loads_total") == loads);
+    BOOST_TEST(d.process.stop() == 0);
+  }
+
+  watched_daemon tiny(dir, {"--body-cache-mb", "0.001"});  // about 1 KB
+  BOOST_TEST_REQUIRE(eventually([&] { return checkpoints_of(tiny.port(), "job").size() == 40u; }));
+  const double loads = metric(tiny.port(), "ckptd_http_body_loads_total");
+  for (int i = 0; i < 2; ++i) {
+    const auto res = get(tiny.port(), artifacts);
+    BOOST_TEST(res.status == 200);
+    BOOST_TEST(res.body == kept_body);
+  }
+  BOOST_TEST(metric(tiny.port(), "ckptd_http_body_loads_total") >= loads + 2);
+  BOOST_TEST(metric(tiny.port(), "ckptd_http_body_cache_bytes") <= 0.001 * 1024 * 1024);
+  BOOST_TEST(tiny.process.stop() == 0);
 }
 
 // Security: symlinks inside a watch root are never followed, so nothing
