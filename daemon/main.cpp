@@ -22,7 +22,10 @@
 
 #include <malloc.h>
 #include <sys/resource.h>
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <mutex>
 #include <set>
 #include <utility>
@@ -186,6 +189,19 @@ class publisher {
   std::chrono::steady_clock::time_point last_status_{};
 };
 
+// Where a rebuilt index's event seqs start: the wall clock in microseconds.
+// An index counts its seqs from 1 (or, rebuilt, from the time it was made)
+// and gives out far fewer than one per microsecond of its life, so the old
+// index's are all below, and clients resuming with one get a reset rather
+// than a resume in the new numbering. (A clock set back by longer than the
+// old index lived would defeat this.) It stays below 2^53, which JavaScript
+// clients read exactly, until the year 2255.
+std::uint64_t start_of_rebuilt_event_log() {
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  return static_cast<std::uint64_t>(
+      std::max<std::int64_t>(1, std::chrono::duration_cast<std::chrono::microseconds>(now).count()));
+}
+
 // Each connection is a file descriptor: take every one the hard limit allows.
 void raise_file_limit() {
   rlimit limit{};
@@ -207,12 +223,14 @@ int run(daemon::settings s, int argc, char** argv) {
   }
 
   std::error_code ec;
+  bool moved_aside = false;
   if (s.rebuild_index && std::filesystem::exists(s.db, ec)) {
     auto moved = store::index::move_aside(s.db);
     if (!moved) {
       log::error("cannot move the index ", s.db, " aside: ", moved.error().message());
       return 1;
     }
+    moved_aside = true;
     log::notice("moved the index aside to ", moved->string(), "; rebuilding it from the disk");
   }
   std::filesystem::create_directories(s.db, ec);
@@ -223,6 +241,13 @@ int run(daemon::settings s, int argc, char** argv) {
     return 1;
   }
   store::index& index = **opened;
+  if (moved_aside) {
+    // Event ids go on past the old index's (see start_of_rebuilt_event_log).
+    if (auto started = index.start_events_after(start_of_rebuilt_event_log()); !started) {
+      log::error("cannot start the rebuilt index's event log: ", started.error().message());
+      return 1;
+    }
+  }
 
   net::io_context http_ctx(1);
   net::io_context watch_ctx(1);

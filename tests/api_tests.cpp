@@ -684,6 +684,9 @@ class gated_index final : public store::index {
     return real_.apply(change);
   }
   boost::system::result<void> write_out() override { return real_.write_out(); }
+  boost::system::result<void> start_events_after(std::uint64_t seq) override {
+    return real_.start_events_after(seq);
+  }
   boost::system::result<std::vector<store::checkpoint>> checkpoints(
       std::string_view job_uuid) const override {
     if (fail_reads) return store::make_error_code(store::errc::io_error);
@@ -2332,6 +2335,42 @@ BOOST_AUTO_TEST_CASE(server_replays_missed_events_from_the_store, *boost::unit_t
     BOOST_TEST(stale.events().front().event == "reset");
     BOOST_TEST(stale.events().front().id == std::to_string(live.back().seq));
   }
+}
+
+// A rebuilt index's event log starts after the old one's seqs: a client that
+// comes back with an id from before the rebuild is told to start over, both
+// before the new log has an event and after, never resumed mid-way.
+BOOST_AUTO_TEST_CASE(server_resets_a_client_from_before_a_rebuild, *boost::unit_test::timeout(60)) {
+  temp_dir dir;
+  auto opened = store::index::open(dir.path / "index");
+  BOOST_REQUIRE(opened.has_value());
+  store::index& index = **opened;
+  constexpr std::uint64_t start = 1'000'000;
+  BOOST_REQUIRE(index.start_events_after(start).has_value());
+  api::options opts = unlimited();
+  opts.event_store = &index;
+  running_server s(opts);
+
+  const auto first_event_for = [&](std::uint64_t last_seen) {
+    sse_client c(s.srv.port(), "/v1/ckptd/events",
+                 "Last-Event-ID: " + std::to_string(last_seen) + "\r\n");
+    c.until([&] { return !c.events().empty(); });
+    BOOST_REQUIRE(!c.events().empty());
+    return c.events().front();
+  };
+  auto before = first_event_for(5);  // the log is still empty
+  BOOST_TEST(before.event == "reset");
+  BOOST_TEST(before.id == std::to_string(start));
+
+  auto written = store_events(index, "job-1", 2);
+  s.srv.publish_events(written);
+  auto after = first_event_for(5);
+  BOOST_TEST(after.event == "reset");
+  BOOST_TEST(after.id == std::to_string(start + 2));
+  // An id from this index resumes as usual.
+  auto resumed = first_event_for(start + 1);
+  BOOST_TEST(resumed.event == "checkpoint.created");
+  BOOST_TEST(resumed.id == std::to_string(start + 2));
 }
 
 BOOST_AUTO_TEST_CASE(server_rebuilds_evicted_bodies_from_the_store,

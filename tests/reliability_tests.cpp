@@ -19,10 +19,14 @@
 #include <boost/json.hpp>
 #include <boost/test/unit_test.hpp>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <grp.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -487,10 +491,40 @@ BOOST_AUTO_TEST_CASE(full_index_volume_keeps_serving_and_heals) {
   BOOST_TEST(again.stop() == 0);
 }
 
+// The id a fresh event stream starts from: the index's newest event seq.
+std::uint64_t newest_event_id(std::uint16_t port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  BOOST_TEST_REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  BOOST_TEST_REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  const std::string request = "GET /v1/ckptd/events HTTP/1.1\r\nHost: localhost\r\n\r\n";
+  BOOST_TEST_REQUIRE(::write(fd, request.data(), request.size()) ==
+                     static_cast<ssize_t>(request.size()));
+  std::string text;
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  std::size_t at = std::string::npos;
+  while (std::chrono::steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    char buffer[4096];
+    const ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n <= 0) break;
+    text.append(buffer, static_cast<std::size_t>(n));
+    at = text.find("\nid: ");
+    if (at != std::string::npos && text.find('\n', at + 5) != std::string::npos) break;
+  }
+  ::close(fd);
+  BOOST_TEST_REQUIRE(at != std::string::npos, "no id on the event stream: " << text);
+  return std::stoull(text.substr(at + 5));
+}
+
 // A damaged index, or one written by a newer ckptd: refused with a message
 // that names the problem and the way out, and left exactly as it was. Then
 // --rebuild-index moves it aside and rebuilds it from the disk, with the
-// same created_at as before.
+// same created_at as before and event ids past the old index's.
 void refuses_then_rebuilds(const std::string& what,
                            const std::function<void(const fs::path& db)>& damage,
                            const std::string& expected_message) {
@@ -501,11 +535,13 @@ void refuses_then_rebuilds(const std::string& what,
   run.save(10);
   run.save(20);
   json::array before;
+  std::uint64_t old_newest_event = 0;
   {
     daemon_process d(daemon_args(runs, db));
     BOOST_TEST_REQUIRE(eventually([&] { return ready(d.port()); }, 20s));
     BOOST_TEST_REQUIRE(eventually([&] { return checkpoints_of(d.port(), "job").size() == 2u; }));
     before = checkpoints_of(d.port(), "job");
+    old_newest_event = newest_event_id(d.port());
     BOOST_TEST(d.stop() == 0);
   }
   damage(db);
@@ -530,6 +566,10 @@ void refuses_then_rebuilds(const std::string& what,
   BOOST_TEST(broken == 1, what);
   BOOST_TEST(d.wait_for_log("rebuilding it from the disk"));
   BOOST_TEST(eventually([&] { return checkpoints_of(d.port(), "job") == before; }), what);
+  // The rebuilt index's events (the same checkpoints created again) come
+  // after every id the old one gave out, so no client resumes mid-way.
+  BOOST_TEST(old_newest_event > 0u, what);
+  BOOST_TEST(newest_event_id(d.port()) > old_newest_event + 1'000'000, what);
   BOOST_TEST(d.stop() == 0);
 }
 

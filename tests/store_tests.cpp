@@ -800,6 +800,32 @@ BOOST_FIXTURE_TEST_CASE(write_out_moves_everything_to_table_files, db_fixture) {
   BOOST_TEST(again->last_event_seq() == 51u);
 }
 
+// A rebuilt index's event log starts after a given seq, durably, and only
+// while it has never given one out.
+BOOST_FIXTURE_TEST_CASE(event_log_starts_after_a_given_seq, db_fixture) {
+  constexpr std::uint64_t start = 1'795'000'000'000'000;
+  {
+    auto idx = open();
+    expect_error(idx->start_events_after(0), errc::invalid_argument);
+    BOOST_TEST_REQUIRE(idx->start_events_after(start).has_value());
+    BOOST_TEST(idx->last_event_seq() == start);
+    BOOST_TEST(idx->first_event_seq() == 0u);  // still no event
+    expect_error(idx->start_events_after(7), errc::invalid_argument);
+  }
+  auto idx = open();  // the start survives a reopen before any event
+  BOOST_TEST(idx->last_event_seq() == start);
+  BOOST_TEST(idx->apply(created("j", 0)).value() == start + 1);
+  BOOST_TEST(idx->apply(created("j", 1)).value() == start + 2);
+  BOOST_TEST(idx->first_event_seq() == start + 1);
+  auto events = idx->events_after(0, 10);
+  BOOST_TEST_REQUIRE(events.has_value());
+  BOOST_TEST(seqs_of(*events) == seq_range(start + 1, start + 2),
+             boost::test_tools::per_element());
+  expect_error(idx->start_events_after(start + 100), errc::invalid_argument);
+  idx.reset();
+  BOOST_TEST(open()->last_event_seq() == start + 2);
+}
+
 BOOST_FIXTURE_TEST_CASE(every_field_survives_a_reopen, db_fixture) {
   const auto full = full_checkpoint();
   auto bare = make_checkpoint("/train/j/ckpt-bare", -5);

@@ -1249,7 +1249,9 @@ net::awaitable<bool> server::impl::replay(subscriber& sub,
         reset_reason = "the event log could not be read";
       } else if (after > page.last_seq) {
         reset_reason = "last_event_id is not from this index (it was rebuilt)";
-      } else if (page.first_seq > after + 1) {
+      } else if (page.first_seq > after + 1 || (page.first_seq == 0 && after < page.last_seq)) {
+        // (An empty log whose seqs went past `after`: a rebuilt index's,
+        // which starts after the old one's.)
         reset_reason = "the events after last_event_id are no longer retained";
       } else {
         for (const store::event& e : page.events) queue_for(sub, e);

@@ -621,6 +621,29 @@ class rocks_index final : public index {
                        [](const database& d) { return d.db->FlushWAL(/*sync=*/true); });
   }
 
+  result<void> start_events_after(std::uint64_t seq) override {
+    if (seq == 0) return fail(log_, "start_events_after(0)", errc::invalid_argument);
+    bool had_seqs = false;
+    auto written = write_whole("starting the event log", [&](const database& d) {
+      // Under the write lock, so no apply() takes a seq meanwhile.
+      if (last_seq_.load() != 0) {
+        had_seqs = true;
+        return rocksdb::Status::OK();
+      }
+      rocksdb::WriteOptions durable;
+      durable.sync = true;
+      auto s = d.db->Put(durable, d.main.get(), codec::event_seq_key(), codec::encode_event_seq(seq));
+      if (s.ok()) last_seq_.store(seq);
+      return s;
+    });
+    if (!written) return written.error();
+    if (had_seqs) {
+      return fail(log_, "the event log already has seqs: it cannot start after another one",
+                  errc::invalid_argument);
+    }
+    return {};
+  }
+
   result<void> write_out() override {
     return write_whole("writing the index memtables out",
                        [](const database& d) { return d.write_memtables_out(); });

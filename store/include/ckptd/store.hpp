@@ -230,6 +230,15 @@ class index {
   // The seq of the newest event, or 0 when none was ever written.
   [[nodiscard]] virtual std::uint64_t last_event_seq() const = 0;
 
+  // Makes a log that never held an event continue after `seq`: the next
+  // event gets seq + 1, and last_event_seq() is `seq` meanwhile. For an index
+  // that replaces one moved aside: its seqs then lie beyond the old one's, so
+  // a client resuming with an old id is told to start over instead of being
+  // resumed somewhere in the new numbering. Written with sync.
+  // Errors: invalid_argument when `seq` is 0 or the log already has a seq;
+  // io_error.
+  [[nodiscard]] virtual boost::system::result<void> start_events_after(std::uint64_t seq) = 0;
+
   // The seq of the oldest retained event, or 0 when the log is empty. A client
   // whose last seen seq is below first_event_seq() - 1 fell behind the
   // retention window.
