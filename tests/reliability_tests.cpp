@@ -19,14 +19,10 @@
 #include <boost/json.hpp>
 #include <boost/test/unit_test.hpp>
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <grp.h>
 #include <signal.h>
 #include <sys/mount.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -493,30 +489,16 @@ BOOST_AUTO_TEST_CASE(full_index_volume_keeps_serving_and_heals) {
 
 // The id a fresh event stream starts from: the index's newest event seq.
 std::uint64_t newest_event_id(std::uint16_t port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  BOOST_TEST_REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  BOOST_TEST_REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-  const std::string request = "GET /v1/ckptd/events HTTP/1.1\r\nHost: localhost\r\n\r\n";
-  BOOST_TEST_REQUIRE(::write(fd, request.data(), request.size()) ==
-                     static_cast<ssize_t>(request.size()));
-  std::string text;
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  std::size_t at = std::string::npos;
-  while (std::chrono::steady_clock::now() < deadline) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0) continue;
-    char buffer[4096];
-    const ssize_t n = ::read(fd, buffer, sizeof buffer);
-    if (n <= 0) break;
-    text.append(buffer, static_cast<std::size_t>(n));
-    at = text.find("\nid: ");
-    if (at != std::string::npos && text.find('\n', at + 5) != std::string::npos) break;
-  }
-  ::close(fd);
+  // The first frame is "id: <seq>" alone, after the head.
+  const auto id_line = [](const std::string& text) {
+    const auto at = text.find("\nid: ");
+    return at != std::string::npos && text.find('\n', at + 5) != std::string::npos
+               ? at
+               : std::string::npos;
+  };
+  const std::string text = read_stream(
+      port, "/v1/ckptd/events", [&](const std::string& t) { return id_line(t) != std::string::npos; });
+  const auto at = id_line(text);
   BOOST_TEST_REQUIRE(at != std::string::npos, "no id on the event stream: " << text);
   return std::stoull(text.substr(at + 5));
 }

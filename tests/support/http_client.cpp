@@ -9,6 +9,8 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 
+#include <poll.h>
+
 #include <algorithm>
 #include <cctype>
 
@@ -76,6 +78,27 @@ http_response request(std::uint16_t port, const std::string& method, const std::
                       const header_list& headers, const std::string& body) {
   http_connection c(port);
   return c.request(method, target, headers, body);
+}
+
+std::string read_stream(std::uint16_t port, const std::string& target,
+                        const std::function<bool(const std::string& received)>& done,
+                        std::chrono::milliseconds timeout) {
+  net::io_context ctx;
+  net::ip::tcp::socket socket(ctx);
+  socket.connect({net::ip::make_address("127.0.0.1"), port});
+  net::write(socket, net::buffer("GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"));
+  std::string received;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!done(received) && std::chrono::steady_clock::now() < deadline) {
+    pollfd p{socket.native_handle(), POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    char buffer[4096];
+    boost::system::error_code ec;
+    const std::size_t n = socket.read_some(net::buffer(buffer), ec);
+    if (ec) break;
+    received.append(buffer, n);
+  }
+  return received;
 }
 
 }  // namespace ckptd::test

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -47,5 +48,11 @@ http_response get(std::uint16_t port, const std::string& target, const header_li
 // Any method on a fresh connection.
 http_response request(std::uint16_t port, const std::string& method, const std::string& target,
                       const header_list& headers = {}, const std::string& body = {});
+// A GET on a fresh connection for a response that does not end on its own
+// (an event stream): the bytes that arrive, head included, until
+// `done(received)` holds, the server closes or `timeout` passes.
+std::string read_stream(std::uint16_t port, const std::string& target,
+                        const std::function<bool(const std::string& received)>& done,
+                        std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
 }  // namespace ckptd::test
