@@ -632,7 +632,8 @@ class rocks_index final : public index {
       }
       rocksdb::WriteOptions durable;
       durable.sync = true;
-      auto s = d.db->Put(durable, d.main.get(), codec::event_seq_key(), codec::encode_event_seq(seq));
+      auto s = d.db->Put(durable, d.main.get(), codec::event_seq_key(),
+                         codec::encode_event_seq(seq));
       if (s.ok()) last_seq_.store(seq);
       return s;
     });

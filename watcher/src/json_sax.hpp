@@ -38,7 +38,7 @@ class json_sax_base {
 
   // A key comes in parts only when it holds escapes (the input is never
   // split): the parts are gathered, and whole_key() adds the last one. Every
-// on_key must call whole_key(), which ends the gathering.
+  // on_key must call whole_key(), which ends the gathering.
   bool on_key_part(boost::json::string_view s, std::size_t, boost::system::error_code&) {
     if (!gathering_) key_.clear();
     gathering_ = true;
