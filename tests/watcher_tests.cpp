@@ -3,6 +3,7 @@
 // candidates and by real folders that the fixtures write the way the trainers
 // do. No inotify, no clock.
 
+#include "filesystems.hpp"
 #include "formats.hpp"
 #include "layout.hpp"
 #include "layouts.hpp"
@@ -16,6 +17,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,6 +34,8 @@ namespace tt = boost::test_tools;
 namespace fs = std::filesystem;
 namespace w = ckptd::watcher;
 namespace t = ckptd::test;
+
+BOOST_TEST_DONT_PRINT_LOG_VALUE(ckptd::watcher::listing_end)
 
 namespace {
 
@@ -1116,11 +1120,13 @@ namespace {
 
 // Everything a dir_reader yields for the folder at `dir`: name -> DT_* type.
 // Fails the test when the listing ends with an error.
-std::map<std::string, unsigned char> read_entries(const fs::path& dir) {
+std::map<std::string, unsigned char> read_entries(const fs::path& dir,
+                                                  w::listing_end end = w::listing_end::empty_read,
+                                                  unsigned* reads = nullptr) {
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   BOOST_TEST_REQUIRE(fd >= 0);
   std::map<std::string, unsigned char> out;
-  w::dir_reader reader(fd);
+  w::dir_reader reader(fd, end);
   w::dir_entry_view e;
   while (reader.next(e)) {
     BOOST_TEST(e.name.data()[e.name.size()] == '\0');  // usable as a C string
@@ -1128,8 +1134,16 @@ std::map<std::string, unsigned char> read_entries(const fs::path& dir) {
   }
   BOOST_TEST(reader.error() == 0);
   BOOST_TEST(!reader.next(e));  // stays at the end
+  if (reads != nullptr) *reads = reader.reads();
   ::close(fd);
   return out;
+}
+
+// Whether the filesystem holding `dir` fills every getdents64 read.
+bool fills_every_read_at(const fs::path& dir) {
+  struct statfs st {};
+  BOOST_TEST_REQUIRE(::statfs(dir.c_str(), &st) == 0);
+  return w::fills_every_read(static_cast<std::uint64_t>(st.f_type));
 }
 
 }  // namespace
@@ -1179,6 +1193,87 @@ BOOST_AUTO_TEST_CASE(dir_reader_lists_every_entry_once) {
   BOOST_TEST(!reg_reader.next(e));
   BOOST_TEST(reg_reader.error() == ENOTDIR);
   ::close(reg_fd);
+}
+
+BOOST_AUTO_TEST_CASE(dir_reader_ends_at_a_short_read_where_trusted) {
+  t::temp_dir tmp;
+  if (!fills_every_read_at(tmp.path())) {
+    // Reading to the empty read is the only safe way there; nothing to test.
+    BOOST_TEST_MESSAGE("the temporary folder's filesystem does not fill every read");
+    BOOST_TEST(w::listing_end_below(tmp.path().string()) == w::listing_end::empty_read);
+    return;
+  }
+  BOOST_TEST(w::listing_end_below(tmp.path().string()) == w::listing_end::short_read);
+
+  // A checkpoint-sized folder: one read instead of two.
+  const auto small = tmp / "checkpoint-10";
+  for (const char* name : {"config.json", "model.safetensors", "trainer_state.json"}) {
+    t::write_file(small / name, "{}");
+  }
+  unsigned careful = 0;
+  unsigned trusting = 0;
+  const auto all = read_entries(small, w::listing_end::empty_read, &careful);
+  BOOST_TEST(read_entries(small, w::listing_end::short_read, &trusting) == all);
+  BOOST_TEST(all.size() == 3u);
+  BOOST_TEST(careful == 2u);
+  BOOST_TEST(trusting == 1u);
+  unsigned empty_reads = 0;
+  fs::create_directory(tmp / "empty");
+  BOOST_TEST(read_entries(tmp / "empty", w::listing_end::short_read, &empty_reads).empty());
+  BOOST_TEST(empty_reads == 1u);
+
+  // Names of every length up to NAME_MAX: reads end with anything from no
+  // room to almost a whole record's room left, and none may end the listing
+  // early. Several folders, so the reads fall differently in each.
+  std::mt19937 random(7);
+  for (int folder = 0; folder < 4; ++folder) {
+    const auto big = tmp / ("big" + std::to_string(folder));
+    fs::create_directory(big);
+    std::set<std::string> expected;
+    for (int i = 0; i < 300; ++i) {
+      const std::size_t length = std::uniform_int_distribution<std::size_t>(1, 255)(random);
+      auto name = std::to_string(i) + "-";
+      name.resize(std::max(length, name.size()), 'n');
+      t::write_file(big / name, "");
+      expected.insert(name);
+    }
+    unsigned reads = 0;
+    std::set<std::string> names;
+    for (const auto& [name, type] : read_entries(big, w::listing_end::short_read, &reads)) {
+      names.insert(name);
+    }
+    BOOST_TEST(names == expected, tt::per_element());
+    BOOST_TEST(reads > 1u);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(listings_end_at_empty_reads_above_other_mounts) {
+  // Every Linux system mounts /proc below "/".
+  BOOST_TEST(w::listing_end_below("/") == w::listing_end::empty_read);
+  BOOST_TEST(w::listing_end_below("/no/such/folder") == w::listing_end::empty_read);
+
+  const std::string_view mountinfo =
+      "21 26 0:20 / /proc rw,relatime - proc proc rw\n"
+      "26 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+      "40 26 0:40 / /data/runs/job\\040one/nfs rw - nfs srv:/x rw\n"
+      "41 26 0:41 / /scratch rw - tmpfs tmpfs rw\n"
+      "42 26 0:42 /sub /srv/bind rw - ext4 /dev/vdb rw";
+  BOOST_TEST(w::mount_point_below(mountinfo, "/"));
+  BOOST_TEST(w::mount_point_below(mountinfo, "/data"));
+  BOOST_TEST(w::mount_point_below(mountinfo, "/data/runs/job one"));       // "\040" is a space
+  BOOST_TEST(!w::mount_point_below(mountinfo, "/data/runs/job one/nfs"));  // the mount itself
+  BOOST_TEST(!w::mount_point_below(mountinfo, "/data/runs/job"));          // a prefix, not a parent
+  BOOST_TEST(!w::mount_point_below(mountinfo, "/scratch"));
+  BOOST_TEST(!w::mount_point_below(mountinfo, "/scratch/runs"));
+  BOOST_TEST(w::mount_point_below(mountinfo, "/srv"));
+  BOOST_TEST(!w::mount_point_below(mountinfo, "/sr"));
+  BOOST_TEST(!w::mount_point_below("", "/"));
+
+  BOOST_TEST(w::fills_every_read(0xEF53u));       // ext4
+  BOOST_TEST(w::fills_every_read(0x01021994u));   // tmpfs
+  BOOST_TEST(!w::fills_every_read(0x65735546u));  // FUSE
+  BOOST_TEST(!w::fills_every_read(0x6969u));      // NFS
+  BOOST_TEST(!w::fills_every_read(0x794C7630u));  // overlay
 }
 
 BOOST_AUTO_TEST_CASE(dir_reader_on_many_threads) {

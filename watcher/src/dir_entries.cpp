@@ -25,6 +25,7 @@ bool dir_reader::next(dir_entry_view& out) noexcept {
       if (done_) return false;
       long n;
       do {
+        ++reads_;
         n = ::syscall(SYS_getdents64, fd_, buffer_.data(), buffer_.size());
       } while (n < 0 && errno == EINTR);
       if (n <= 0) {
@@ -37,6 +38,8 @@ bool dir_reader::next(dir_entry_view& out) noexcept {
       }
       at_ = 0;
       end_ = static_cast<std::size_t>(n);
+      // Room left for any entry: the kernel stopped at the folder's end.
+      done_ = end_at_short_read_ && end_ + longest_record <= buffer_.size();
     }
     const char* record = buffer_.data() + at_;
     std::uint16_t reclen = 0;

@@ -290,8 +290,9 @@ class disk_view final : public candidate_view {
   // Lists the folder open as `root_fd` (taking ownership), which then stays
   // open until the view is destroyed: reads open files relative to it,
   // without walking the absolute path again.
-  void list(int root_fd, int max_depth) {
+  void list(int root_fd, int max_depth, listing_end listings_end) {
     self_fd_ = root_fd;
+    listings_end_ = listings_end;
     // A checkpoint folder holds a handful of entries: one allocation, not
     // one per doubling from 1.
     files_.reserve(initial_entries);
@@ -314,7 +315,7 @@ class disk_view final : public candidate_view {
     {
       // Scoped: the reader's buffer is gone before the descent, so a deep
       // tree holds one buffer on the stack, not one per level.
-      dir_reader reader(dir_fd);
+      dir_reader reader(dir_fd, listings_end_);
       dir_entry_view entry;
       while (reader.next(entry)) {
         if (files_.size() >= max_entries) {
@@ -393,11 +394,13 @@ class disk_view final : public candidate_view {
   std::vector<file_info> files_;
   bool truncated_ = false;
   int self_fd_ = -1;  // the candidate folder, while the view lives
+  listing_end listings_end_ = listing_end::empty_read;
 };
 
 }  // namespace
 
-std::unique_ptr<candidate_view> view_from_disk(std::string path, int max_depth) {
+std::unique_ptr<candidate_view> view_from_disk(std::string path, int max_depth,
+                                               listing_end listings_end) {
   std::string name(last_component(path));
 
   // Most candidates are folders: open one straight away (O_DIRECTORY and
@@ -414,7 +417,7 @@ std::unique_ptr<candidate_view> view_from_disk(std::string path, int max_depth) 
     return view;
   }
   auto view = std::make_unique<disk_view>(std::move(path), std::move(name), true);
-  view->list(fd, std::clamp(max_depth, 1, max_depth_limit));
+  view->list(fd, std::clamp(max_depth, 1, max_depth_limit), listings_end);
   return view;
 }
 

@@ -180,7 +180,9 @@ namespace ckptd::watcher {
 // opening each only for the read. nullptr when the path is gone or is not a
 // folder or regular file. A string, not a std::filesystem::path: the engine
 // holds its paths as strings, and building a path splits it into components
-// (a cost per candidate) that the view almost never needs.
-std::unique_ptr<candidate_view> view_from_disk(std::string path, int max_depth = 3);
+// (a cost per candidate) that the view almost never needs. `listings_end`:
+// how the candidate's folder listings end (see filesystems.hpp).
+std::unique_ptr<candidate_view> view_from_disk(std::string path, int max_depth = 3,
+                                               listing_end listings_end = listing_end::empty_read);
 
 }  // namespace ckptd::watcher

@@ -19,6 +19,7 @@
 #include <ckptd/metrics.hpp>
 #include <ckptd/watcher.hpp>
 
+#include "filesystems.hpp"
 #include "formats.hpp"
 #include "job_status.hpp"
 #include "layout.hpp"
@@ -33,7 +34,6 @@
 #include <fcntl.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -248,42 +248,6 @@ std::vector<dir_entry> list_dir(const std::string& path, int& error) {
   return out;
 }
 
-// Filesystems where inotify misses other hosts' writes (statfs f_type).
-std::string_view remote_filesystem_name(const std::string& path) {
-  struct statfs st {};
-  if (::statfs(path.c_str(), &st) != 0) return {};
-  switch (static_cast<std::uint32_t>(st.f_type)) {
-    case 0x6969u:
-      return "nfs";
-    case 0x0BD00BD0u:
-      return "lustre";
-    case 0x47504653u:
-      return "gpfs";
-    case 0xFF534D42u:
-      return "cifs";
-    case 0xFE534D42u:
-      return "smb2";
-    case 0x517Bu:
-      return "smb";
-    case 0x65735546u:
-      return "fuse";
-    case 0x00C36400u:
-      return "ceph";
-    case 0x01021997u:
-      return "9p";
-    case 0x5346414Fu:
-      return "afs";
-    case 0x6B414653u:
-      return "afs";
-    case 0x013111A8u:
-      return "ibrix";
-    case 0x0BD00BD1u:
-      return "lustre";
-    default:
-      return {};
-  }
-}
-
 std::uint64_t read_proc_number(const char* path) {
   std::ifstream in(path);
   std::uint64_t value = 0;
@@ -392,6 +356,7 @@ class watcher::impl {
   struct follow {
     bool polled = false;
     std::chrono::milliseconds interval{0};
+    listing_end listings_end = listing_end::empty_read;  // of its candidate folders
   };
 
   struct watch_root {
@@ -494,6 +459,7 @@ class watcher::impl {
     std::string path;
     std::uint64_t known_listing = 0;  // see look_at's judge_unless
     int inotify_fd = -1;              // >= 0: watch the candidate first (see look_at)
+    listing_end listings_end = listing_end::empty_read;  // its job's (follow::listings_end)
     std::atomic<int> phase{pending};
     std::optional<look> result;  // written before phase turns done; unset: it failed
   };
@@ -754,6 +720,9 @@ class watcher::impl {
         break;
       }
     }
+    // Polled folders are listed the careful way: they are mostly on network
+    // filesystems, and a poll relists them anyway.
+    if (!how.polled) how.listings_end = listing_end_below(resolved);
     return how;
   }
 
@@ -1389,8 +1358,9 @@ class watcher::impl {
   // `judge_unless`, and then unless the listing hashes to it: judge() then
   // mostly keeps what it knows (a memo, the index's record) and otherwise
   // asks the layout itself.
-  static look look_at(const std::string& path, std::optional<std::uint64_t> judge_unless,
-                      bool keep_view, int inotify_fd = -1) {
+  static look look_at(const std::string& path, listing_end listings_end,
+                      std::optional<std::uint64_t> judge_unless, bool keep_view,
+                      int inotify_fd = -1) {
     look out;
     if (inotify_fd >= 0) {
       // Watch first, list second, as everywhere: nothing slips between.
@@ -1398,7 +1368,7 @@ class watcher::impl {
       out.wd = ::inotify_add_watch(inotify_fd, path.c_str(), dir_mask);
       if (out.wd < 0) out.watch_error = errno;
     }
-    auto view = view_from_disk(path, candidate_inner_depth);
+    auto view = view_from_disk(path, candidate_inner_depth, listings_end);
     if (!view) return out;
     out.gone = false;
     out.listing = listing_hash(path, *view);
@@ -1462,6 +1432,7 @@ class watcher::impl {
       if (!within(t.path, js.dir) || t.path.size() == js.dir.size()) continue;
       auto slot = std::make_shared<look_slot>();
       slot->path = t.path;
+      slot->listings_end = js.how.listings_end;
       if (unwatched_.contains(t.path)) slot->inotify_fd = inotify_.native_handle();
       // A listing the engine already knows needs no verdict (see judge).
       if (auto r = js.candidates.find(t.path.substr(js.dir.size() + 1));
@@ -1489,7 +1460,8 @@ class watcher::impl {
     if (!slot.phase.compare_exchange_strong(expected, look_slot::taken, std::memory_order_acq_rel))
       return false;
     try {
-      slot.result = look_at(slot.path, slot.known_listing, /*keep_view=*/false, slot.inotify_fd);
+      slot.result = look_at(slot.path, slot.listings_end, slot.known_listing,
+                            /*keep_view=*/false, slot.inotify_fd);
     } catch (const std::exception& e) {
       log::debug("looking at ", slot.path, " ahead failed (", e.what(), ")");
     }
@@ -1555,11 +1527,11 @@ class watcher::impl {
       if (seen.watched) took_watch_ahead(js, path, seen);
     } else {
       if (unwatched_.erase(path) > 0) watch_dir(path, js.uuid, depth_in_job(js, path));
-      seen = look_at(path, std::nullopt, /*keep_view=*/true);
+      seen = look_at(path, js.how.listings_end, std::nullopt, /*keep_view=*/true);
     }
     if (!seen.gone && watch_new_interior(js, path, seen.folders)) {
       // Files that landed in those folders before their watches existed.
-      seen = look_at(path, std::nullopt, /*keep_view=*/true);
+      seen = look_at(path, js.how.listings_end, std::nullopt, /*keep_view=*/true);
     }
     auto& r = js.candidates[rel];
     if (seen.gone) {
