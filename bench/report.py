@@ -197,7 +197,7 @@ def details(kv, meta):
                  " (walk + read each completion file), warm", " s"),
                 *((f"scale.round{n}.{key}", f"round {n}: {label}", " s") for n in (1, 2, 3)
                   for key, label in (("walk_s", "`find DIR -printf ''`, warm"),
-                                     ("ready_s", "ckptd index from empty → /readyz 200"),
+                                     ("ready_s", "ckptd index from empty → READY=1"),
                                      ("cpu_s", "… ckptd CPU time (user+sys) for it"))),
                 ("scale.index.ready_s", "with the artifacts probe: index from empty → /readyz 200",
                  " s"),
@@ -214,7 +214,7 @@ def details(kv, meta):
                 ("scale.index.probes", "… requests (new connection each)", ""),
                 ("scale.index.probe_200", "… of which 200", ""),
                 ("scale.stop_s", "SIGTERM → exit", " s"),
-                ("scale.reconcile.ready_s", "restart → /readyz 200 (reconcile)", " s"),
+                ("scale.reconcile.ready_s", "restart → READY=1 (reconcile)", " s"),
                 ("scale.reconcile.cpu_s", "… ckptd CPU time for it", " s"),
                 ("scale.reconcile.rss_mb", "RSS right after reconcile", " MB")):
             if key in kv:
