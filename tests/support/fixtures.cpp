@@ -313,10 +313,19 @@ std::string python_float(double value) {
          exp_digits;
 }
 
-temp_dir::temp_dir(std::string_view tag) {
+namespace {
+
+fs::path default_temp_base() {
   const char* base = std::getenv("TMPDIR");
-  std::string templ =
-      (base && *base ? fs::path(base) : fs::path("/tmp")) / (std::string(tag) + "-XXXXXX");
+  return base && *base ? fs::path(base) : fs::path("/tmp");
+}
+
+}  // namespace
+
+temp_dir::temp_dir(std::string_view tag) : temp_dir(tag, default_temp_base()) {}
+
+temp_dir::temp_dir(std::string_view tag, const fs::path& base) {
+  std::string templ = base / (std::string(tag) + "-XXXXXX");
   if (!::mkdtemp(templ.data())) fail("cannot create a temporary folder", templ);
   path_ = templ;
 }

@@ -66,6 +66,8 @@ std::string python_float(double value);
 class temp_dir {
  public:
   explicit temp_dir(std::string_view tag = "ckptd-test");
+  // Inside `base` instead of $TMPDIR or /tmp.
+  temp_dir(std::string_view tag, const std::filesystem::path& base);
   ~temp_dir();
   temp_dir(const temp_dir&) = delete;
   temp_dir& operator=(const temp_dir&) = delete;
